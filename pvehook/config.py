@@ -1,0 +1,142 @@
+"""Host config: /etc/pvenat/pvenat.yaml, every key checked, every default explicit."""
+
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+from . import yamlstrict
+from .errors import PvenatError
+from .ports import PortSet
+
+DEFAULT_PATH = "/etc/pvenat/pvenat.yaml"
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+@dataclass(frozen=True)
+class PveSettings:
+    backend: str = "local"  # local: pvesh on this node; https: API token
+    node: str = "auto"  # auto: this host's short hostname, as PVE names nodes
+    host: str = "127.0.0.1"
+    port: int = 8006
+    user: str = "pvenat@pve"
+    token_name: str = "hook"
+    token_file: str = "/etc/pvenat/token"
+    verify_ssl: str = "true"  # true, false, or a CA bundle path
+    timeout: int = 10
+
+    def node_name(self) -> str:
+        return socket.gethostname().split(".")[0] if self.node == "auto" else self.node
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    wan_bridge: str = "vmbr0"
+    public_ip: str = "auto"  # or an IPv4 address
+    lan_bridge: str = "vmbr1"
+    lan_address: ipaddress.IPv4Interface = ipaddress.IPv4Interface("172.22.161.254/24")
+    port_pool: PortSet = PortSet.parse(["10000-60999"])
+    reserved_ports: PortSet = PortSet.parse(
+        [22, 85, 111, 3128, "5405-5412", "5900-5999", 8006, "60000-60050"])
+    max_forwards: int = 64
+    log_file: str = "/var/log/pvenat.log"
+    pve: PveSettings = field(default_factory=PveSettings)
+
+    @property
+    def lan_network(self) -> ipaddress.IPv4Network:
+        return self.lan_address.network
+
+
+def config_path(explicit=None) -> str:
+    return explicit or os.environ.get("PVENAT_CONFIG") or DEFAULT_PATH
+
+
+def load(path: str) -> HostConfig:
+    """Read and check the config; a missing file means all defaults."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return HostConfig()
+    except OSError as e:
+        raise PvenatError("config", f"{path}: cannot read: {e.strerror}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str) -> HostConfig:
+    root = yamlstrict.load(text, path, "config")
+    if root is None:
+        return HostConfig()
+    if not isinstance(root, yamlstrict.Map):
+        raise PvenatError("config", f"{path}: expected keys such as 'wan_bridge: vmbr0'")
+    values = _fields(root, HostConfig, path, "")
+    if "pve" in values:
+        pve = root.items["pve"]
+        if not isinstance(pve, yamlstrict.Map):
+            raise PvenatError("config", f"{path}, line {pve.line}: 'pve' takes keys such as "
+                              "'backend: local'")
+        values["pve"] = PveSettings(**_fields(pve, PveSettings, path, "pve."))
+    cfg = HostConfig(**values)
+    if cfg.lan_address.ip in (cfg.lan_network.network_address,
+                              cfg.lan_network.broadcast_address):
+        raise PvenatError("config", f"{path}: lan_address {cfg.lan_address} is the subnet's "
+                          "network or broadcast address; use a host address such as "
+                          f"{cfg.lan_network.broadcast_address - 1}/{cfg.lan_network.prefixlen}")
+    if cfg.wan_bridge == cfg.lan_bridge:
+        raise PvenatError("config", f"{path}: wan_bridge and lan_bridge are both "
+                          f"{cfg.wan_bridge}; they must differ")
+    return cfg
+
+
+def _fields(node, cls, path, prefix) -> dict:
+    known = cls.__dataclass_fields__
+    out = {}
+    for key, value in node.items.items():
+        where = f"{path}, line {node.keys[key]}: {prefix}{key}"
+        if key not in known:
+            raise PvenatError("config", f"{where}: unknown key; known keys are "
+                              f"{', '.join(prefix + k for k in known)}")
+        if key == "pve":
+            out[key] = value  # checked by the caller
+            continue
+        try:
+            out[key] = _convert(key, value)
+        except (ValueError, TypeError) as e:
+            raise PvenatError("config", f"{where}: {e}") from None
+    return out
+
+
+def _scalar(value) -> str:
+    if not isinstance(value, yamlstrict.Scalar):
+        raise TypeError("expected a single value, not a list or mapping")
+    return value.value
+
+
+def _convert(key, value):
+    if key in ("port_pool", "reserved_ports"):
+        items = value.items if isinstance(value, yamlstrict.Seq) else (value,)
+        return PortSet.parse(_scalar(i) for i in items)
+    text = _scalar(value)
+    if key in ("wan_bridge", "lan_bridge"):
+        if not _IFNAME.fullmatch(text):
+            raise ValueError(f"{text!r} is not an interface name")
+        return text
+    if key == "public_ip":
+        if text == "auto":
+            return text
+        return str(ipaddress.IPv4Address(text))
+    if key == "lan_address":
+        iface = ipaddress.IPv4Interface(text)
+        if "/" not in text:
+            raise ValueError(f"{text!r} needs a prefix length, such as {text}/24")
+        return iface
+    if key in ("max_forwards", "port", "timeout"):
+        if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
+            raise ValueError(f"{text!r} is not a positive whole number")
+        return int(text)
+    if key == "backend" and text not in ("local", "https"):
+        raise ValueError(f"{text!r} is not a backend; use local or https")
+    if key == "verify_ssl" and text not in ("true", "false") and not text.startswith("/"):
+        raise ValueError(f"{text!r}: use true, false or the path of a CA bundle")
+    return text

@@ -1,0 +1,88 @@
+"""The guest hookscript's phases: what PVE runs as ``pvenat.py VMID PHASE``.
+
+pre-start   read Notes and tags, check, add the guest's rules; a non-zero exit refuses
+            the start, and then nothing was applied.
+post-start  turn on hairpin for the guest's bridge ports (they exist only now).
+pre-stop    nothing (it does not run when a guest shuts down from inside).
+post-stop   remove the guest's rules; never fails the stop, needs no API.
+"""
+
+import os
+
+import structlog
+
+from . import hostnet, netfilter, ruleset, spec
+from .errors import PvenatError
+from .plan import check_conflicts, plan_guest, summary
+
+log = structlog.get_logger("pvenat.hook")
+PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
+
+
+class Context:
+    """What a phase works with; tests and the lab pass their own parts."""
+
+    def __init__(self, host, api, backend, lock_path=netfilter.LOCK_PATH,
+                 sysfs="/sys/class/net"):
+        self.host = host
+        self.api = api
+        self.backend = backend
+        self.lock_path = lock_path
+        self.sysfs = sysfs
+
+
+def run(ctx: Context, vmid: int, phase: str) -> str:
+    """Run one phase; returns the line for the task log ('' when there is nothing to say)."""
+    if phase == "pre-start":
+        return pre_start(ctx, vmid)
+    if phase == "post-start":
+        return post_start(ctx, vmid)
+    if phase == "post-stop":
+        return post_stop(ctx, vmid)
+    return ""
+
+
+def pre_start(ctx, vmid):
+    # During a live migration the config still sits on the source node.
+    node = os.environ.get("PVE_MIGRATED_FROM") or ctx.host.pve.node_name()
+    guest = ctx.api.guest(node, vmid)
+    parsed = spec.parse(vmid, guest.config.get("description", ""), guest.config.get("tags", ""))
+    if parsed is None:
+        return ""
+    plan = plan_guest(parsed, guest.kind, guest.config, ctx.host)
+    pub = hostnet.public_ip(ctx.host)
+
+    def change(current):
+        check_conflicts(plan, ruleset.held_claims(current), ruleset.guest_addresses(current))
+        return ruleset.with_guest(current, ctx.host, pub, vmid, plan)
+
+    with netfilter.locked(ctx.lock_path):
+        script = netfilter.update(ctx.backend, change)
+    log.info("guest.started", vmid=vmid, address=plan.address, changed=bool(script),
+             forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards])
+    return summary(plan, pub)
+
+
+def post_start(ctx, vmid):
+    if vmid not in ruleset.managed_guests(ctx.backend.read()):
+        return ""
+    ports = hostnet.guest_ports(ctx.host.lan_bridge, vmid, ctx.sysfs)
+    for port in ports:
+        hostnet.set_hairpin(ctx.host.lan_bridge, port, True, ctx.sysfs)
+    log.info("guest.hairpin", vmid=vmid, ports=ports)
+    return f"pvenat: {vmid}: hairpin on {', '.join(ports)}" if ports else ""
+
+
+def post_stop(ctx, vmid):
+    """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
+    try:
+        with netfilter.locked(ctx.lock_path):
+            script = netfilter.update(
+                ctx.backend, lambda cur: ruleset.with_guest(cur, ctx.host, None, vmid, None))
+    except PvenatError as e:
+        log.error("guest.stop_failed", vmid=vmid, error=e.message)
+        return f"pvenat: {vmid}: WARNING: rules not removed: {e.message}; run 'pvenat sync'"
+    if not script:
+        return ""
+    log.info("guest.stopped", vmid=vmid)
+    return f"pvenat: {vmid}: forwards removed"

@@ -1,0 +1,42 @@
+"""The host's own network facts: its public address and the bridge ports of guests."""
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+
+from .errors import PvenatError
+
+
+def public_ip(host) -> str:
+    """The configured public IP, or the first IPv4 on wan_bridge for 'auto'."""
+    if host.public_ip != "auto":
+        return host.public_ip
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", host.wan_bridge],
+                             capture_output=True, text=True, check=True).stdout
+        for iface in json.loads(out):
+            for addr in iface.get("addr_info", []):
+                if addr.get("family") == "inet" and addr.get("scope") == "global":
+                    return str(ipaddress.IPv4Address(addr["local"]))
+    except (subprocess.CalledProcessError, ValueError, KeyError):
+        pass
+    raise PvenatError("host", f"no IPv4 address on {host.wan_bridge} (public_ip: auto); "
+                      "bring it up or set public_ip in the pvenat config")
+
+
+def guest_ports(bridge: str, vmid: int, sysfs: str = "/sys/class/net") -> list[str]:
+    """The guest's ports on the bridge: tapNiN, vethNiN, or fwprNpN behind the PVE firewall."""
+    pattern = re.compile(rf"(?:tap|veth){vmid}i[0-9]+|fwpr{vmid}p[0-9]+")
+    try:
+        names = os.listdir(f"{sysfs}/{bridge}/brif")
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if pattern.fullmatch(n))
+
+
+def set_hairpin(bridge: str, port: str, on: bool = True, sysfs: str = "/sys/class/net"):
+    """Let the bridge send a frame back out of the port it came in on (guest to itself)."""
+    with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode", "w") as f:
+        f.write("1" if on else "0")

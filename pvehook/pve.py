@@ -1,0 +1,85 @@
+"""PVE API access through proxmoxer: the local pvesh backend or an API token over HTTPS.
+
+proxmoxer is imported only when a request is made, so phases that need no API (post-stop,
+post-start) never pay for it.
+"""
+
+from dataclasses import dataclass
+
+from .config import PveSettings
+from .errors import PvenatError
+
+KINDS = ("qemu", "lxc")
+
+
+@dataclass(frozen=True)
+class Guest:
+    vmid: int
+    kind: str  # qemu or lxc
+    config: dict
+
+
+class PveApi:
+    def __init__(self, settings: PveSettings):
+        self.settings = settings
+        self._api = None
+
+    def _client(self):
+        if self._api is None:
+            self._api = connect(self.settings)
+        return self._api
+
+    def guest(self, node: str, vmid: int) -> Guest:
+        """The guest's current config, trying QEMU then LXC (the hook is told neither)."""
+        missing = []
+        for kind in KINDS:
+            path = f"nodes/{node}/{kind}/{vmid}/config"
+            try:
+                config = self._client().get(path)
+            except Exception as e:  # proxmoxer raises backend-specific types
+                if _is_missing(e):
+                    missing.append(kind)
+                    continue
+                raise api_error(f"guest {vmid}: cannot read /{path}", e) from None
+            if not isinstance(config, dict) or "errors" in config or not all(
+                    isinstance(k, str) for k in config):
+                raise PvenatError("pve", f"guest {vmid}: the PVE API answered /{path} with "
+                                  f"something that is not a guest config: {str(config)[:200]!r}")
+            return Guest(vmid, kind, config)
+        raise PvenatError("pve", f"guest {vmid}: no QEMU or LXC config on node {node}; is the "
+                          "VMID right, and does pve.node name this node?")
+
+
+def _is_missing(e) -> bool:
+    text = str(e)
+    return ("does not exist" in text or "no such" in text.lower()) and \
+        getattr(e, "status_code", 500) in (500, 404)
+
+
+def api_error(what: str, e: Exception) -> PvenatError:
+    kind = type(e).__name__
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no message"
+    return PvenatError("pve", f"{what}: {kind}: {text}; check that the PVE API answers "
+                       "(pvesh get /version) and the pve settings in the pvenat config")
+
+
+def connect(settings: PveSettings):
+    import proxmoxer
+
+    if settings.backend == "local":
+        try:
+            return proxmoxer.ProxmoxAPI(backend="local", timeout=settings.timeout)
+        except NotImplementedError:
+            raise PvenatError("pve", "this proxmoxer has no 'local' backend (it came with "
+                              "proxmoxer 1.3); set 'pve: {backend: https}' with an API "
+                              "token ('pvenat install --token' sets it up)") from None
+    try:
+        with open(settings.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise PvenatError("pve", f"API token file {settings.token_file}: {e.strerror}; "
+                          "create it with 'pvenat install --token'") from None
+    verify = {"true": True, "false": False}.get(settings.verify_ssl, settings.verify_ssl)
+    return proxmoxer.ProxmoxAPI(settings.host, port=settings.port, user=settings.user,
+                                token_name=settings.token_name, token_value=token,
+                                verify_ssl=verify, timeout=settings.timeout)

@@ -1,0 +1,255 @@
+"""pvenat's rules as data: render them, read them back from iptables-save, diff them.
+
+Everything pvenat owns lives in chains named PVENAT-*, reached by a few jumps from the
+built-in chains. Per table that is a ``Tables`` entry: {chain: rules} plus the jumps.
+Rules are written exactly as iptables-save prints them, so "what the kernel has" and
+"what we want" compare as plain data, and an unchanged chain is never rewritten.
+
+Layout of the nat table (the data path of every new inbound connection):
+
+  PREROUTING -d PUB -i WAN ─┐
+  PREROUTING -d PUB -i LAN ─┼─> PVENAT-DNAT ─ -p tcp ─> PVENAT-TCP ─> PVENAT-TCP-2 ─> ...
+  OUTPUT     -d PUB ────────┘               └ -p udp ─> PVENAT-UDP ─> ...
+                                  ... ─ --dport 10000:10099 ─> PVENAT-101 (DNAT rules)
+
+PVENAT-TCP/UDP form a fixed 16-ary tree over the port space, keyed by the hex digits
+of the port: a claimed range sits in the deepest node whose prefix its first and last
+port share (at most three digits). Claims on one protocol never overlap, so a node
+holds at most 16 claims plus 16 child jumps, and a packet walks at most four nodes
+whatever the number of guests. Nodes exist only where claims are.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from .plan import Claim, GuestPlan
+from .ports import format_range
+
+PREFIX = "PVENAT-"
+DNAT = "PVENAT-DNAT"
+POSTROUTING = "PVENAT-POSTROUTING"
+FORWARD = "PVENAT-FORWARD"
+TABLES = ("nat", "filter")
+_CLAIM = re.compile(r"-p (tcp|udp) -m \1 --dport ([0-9]+)(?::([0-9]+))? -j PVENAT-([0-9]+)")
+_TO = re.compile(r"--to-destination ([0-9.]+)")
+
+
+def guest_chain(vmid: int) -> str:
+    return f"{PREFIX}{vmid}"
+
+
+def is_guest_chain(chain: str) -> bool:
+    return chain[len(PREFIX):].isdigit() and chain.startswith(PREFIX)
+
+
+def is_tree_chain(chain: str) -> bool:
+    return chain.startswith((PREFIX + "TCP", PREFIX + "UDP"))
+
+
+@dataclass
+class Table:
+    chains: dict = field(default_factory=dict)  # chain -> tuple of rule specs
+    jumps: list = field(default_factory=list)  # (built-in chain, rule spec), in order
+
+    def copy(self) -> "Table":
+        return Table(dict(self.chains), list(self.jumps))
+
+
+Tables = dict  # "nat"/"filter" -> Table
+
+
+# --- rendering -------------------------------------------------------------------------
+
+def base(host, public_ip: str) -> Tables:
+    """The host-wide part: jumps, hairpin MASQUERADE, outbound SNAT, FORWARD accept."""
+    pub = f"{public_ip}/32"
+    lan = str(host.lan_network)
+    snat = "-j MASQUERADE" if host.public_ip == "auto" else f"-j SNAT --to-source {public_ip}"
+    nat = Table(
+        chains={
+            DNAT: (),
+            POSTROUTING: (
+                # LAN -> public IP -> LAN: the reply must come back through the host.
+                f"-s {lan} -d {lan} -o {host.lan_bridge} -m conntrack --ctstate DNAT "
+                "-j MASQUERADE",
+                f"-s {lan} -o {host.wan_bridge} {snat}",
+            ),
+        },
+        jumps=[
+            ("PREROUTING", f"-d {pub} -i {host.wan_bridge} -j {DNAT}"),
+            ("PREROUTING", f"-d {pub} -i {host.lan_bridge} -j {DNAT}"),
+            ("OUTPUT", f"-d {pub} -j {DNAT}"),
+            ("POSTROUTING", f"-j {POSTROUTING}"),
+        ])
+    filt = Table(
+        chains={FORWARD: (f"-m conntrack --ctstate DNAT --ctorigdst {public_ip} -j ACCEPT",)},
+        jumps=[("FORWARD", f"-j {FORWARD}")])
+    return {"nat": nat, "filter": filt}
+
+
+def guest_rules(plan: GuestPlan) -> tuple:
+    rules = []
+    for f in plan.forwards:
+        dport = format_range(*f.public, sep=":")
+        if f.guest == f.public:
+            to = plan.address
+        elif f.guest[0] == f.guest[1]:
+            to = f"{plan.address}:{f.guest[0]}"
+        else:  # shifted port map: public lo..hi to guest lo..hi, port by port
+            to = f"{plan.address}:{f.guest[0]}-{f.guest[1]}/{f.public[0]}"
+        match = f"-p {f.proto} -m {f.proto} --dport {dport} -j DNAT --to-destination {to}"
+        rules += [f"-s {src} {match}" for src in f.allow] if f.allow else [match]
+    return tuple(rules)
+
+
+def dispatch(claims) -> dict:
+    """PVENAT-DNAT and the port trees for a set of non-overlapping claims."""
+    chains = {DNAT: []}
+    for proto in ("tcp", "udp"):
+        mine = sorted(c for c in claims if c.proto == proto)
+        if not mine:
+            continue
+        root = PREFIX + proto.upper()
+        chains[DNAT].append(f"-p {proto} -j {root}")
+        nodes: dict[str, tuple[list, set]] = {}  # hex prefix -> (claims, child prefixes)
+        for c in mine:
+            prefix = _node_prefix(c.lo, c.hi)
+            nodes.setdefault(prefix, ([], set()))[0].append(c)
+            for k in range(len(prefix), 0, -1):
+                nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
+        for prefix, (held, children) in nodes.items():
+            rules = [f"-p {proto} -m {proto} --dport {format_range(c.lo, c.hi, ':')} "
+                     f"-j {guest_chain(c.vmid)}" for c in held]
+            for child in sorted(children):
+                lo, hi = int(child.ljust(4, "0"), 16), int(child.ljust(4, "F"), 16)
+                rules.append(f"-p {proto} -m {proto} --dport {lo}:{hi} -j {_node(root, child)}")
+            chains[_node(root, prefix)] = rules
+    return {k: tuple(v) for k, v in chains.items()}
+
+
+def _node_prefix(lo: int, hi: int) -> str:
+    a, b = f"{lo:04X}", f"{hi:04X}"
+    n = 0
+    while n < 3 and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _node(root: str, prefix: str) -> str:
+    return f"{root}-{prefix}" if prefix else root
+
+
+def desired(host, public_ip: str, plans) -> Tables:
+    """Everything pvenat wants in the kernel for these running guests."""
+    tables = base(host, public_ip)
+    nat = tables["nat"]
+    all_claims = []
+    for plan in plans:
+        nat.chains[guest_chain(plan.vmid)] = guest_rules(plan)
+        all_claims += [Claim(f.proto, *f.public, plan.vmid) for f in plan.forwards]
+    nat.chains.update(dispatch(all_claims))
+    return tables
+
+
+def with_guest(current: Tables, host, public_ip: str, vmid: int, plan) -> Tables:
+    """``current`` with one guest's rules replaced by ``plan`` (None: removed).
+
+    A plan also brings the base rules into shape; a removal leaves them as they are.
+    """
+    tables = {t: current[t].copy() for t in TABLES}
+    nat = tables["nat"]
+    held = [c for c in held_claims(current) if c.vmid != vmid]
+    nat.chains.pop(guest_chain(vmid), None)
+    for chain in [c for c in nat.chains if is_tree_chain(c)]:
+        del nat.chains[chain]
+    if plan is not None:
+        for table, wanted in base(host, public_ip).items():
+            tables[table].chains.update(wanted.chains)
+            tables[table].jumps = _merge_jumps(tables[table].jumps, wanted.jumps)
+        nat.chains[guest_chain(vmid)] = guest_rules(plan)
+        held += [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
+    if held or DNAT in nat.chains:
+        nat.chains.update(dispatch(held))
+    return tables
+
+
+def _merge_jumps(have, want):
+    """The wanted jumps, keeping the position of those already there."""
+    kept = [j for j in have if j in want]
+    return kept + [j for j in want if j not in kept]
+
+
+# --- reading the kernel ----------------------------------------------------------------
+
+def parse_save(text: str) -> Table:
+    """pvenat's chains and jumps out of ``iptables-save -t TABLE`` output."""
+    table = Table()
+    for line in text.splitlines():
+        if line.startswith(":" + PREFIX):
+            table.chains[line[1:].split(" ", 1)[0]] = []
+        elif line.startswith("-A "):
+            _, chain, spec = line.split(" ", 2)
+            if chain.startswith(PREFIX):
+                table.chains[chain].append(spec)
+            elif f"-j {PREFIX}" in spec or f"-g {PREFIX}" in spec:
+                table.jumps.append((chain, spec))
+    table.chains = {k: tuple(v) for k, v in table.chains.items()}
+    return table
+
+
+def held_claims(tables: Tables) -> list[Claim]:
+    """The claims recorded in the port trees: the kernel is pvenat's index."""
+    out = []
+    for chain, rules in tables["nat"].chains.items():
+        if is_tree_chain(chain):
+            for rule in rules:
+                m = _CLAIM.fullmatch(rule)
+                if m:
+                    lo = int(m.group(2))
+                    out.append(Claim(m.group(1), lo, int(m.group(3) or lo), int(m.group(4))))
+    return out
+
+
+def guest_addresses(tables: Tables) -> dict[str, int]:
+    out = {}
+    for chain, rules in tables["nat"].chains.items():
+        if is_guest_chain(chain):
+            for rule in rules:
+                m = _TO.search(rule)
+                if m:
+                    out[m.group(1)] = int(chain[len(PREFIX):])
+    return out
+
+
+def managed_guests(tables: Tables) -> set[int]:
+    return {int(c[len(PREFIX):]) for c in tables["nat"].chains if is_guest_chain(c)}
+
+
+# --- the difference as one iptables-restore --noflush script ---------------------------
+
+def restore_script(current: Tables, wanted: Tables) -> str:
+    """The iptables-restore --noflush input that turns ``current`` into ``wanted``.
+
+    Only chains whose rules differ are rewritten (a declared chain is flushed first);
+    chains no longer wanted are flushed and deleted after every reference is gone.
+    Empty when nothing differs. Each table is one atomic commit.
+    """
+    out = []
+    for t in TABLES:
+        have, want = current[t], wanted[t]
+        changed = [c for c in want.chains if have.chains.get(c) != want.chains[c]]
+        gone = [c for c in have.chains if c not in want.chains]
+        drop = [j for j in have.jumps if j not in want.jumps]
+        add = [j for j in want.jumps if j not in have.jumps]
+        if not (changed or gone or drop or add):
+            continue
+        out.append(f"*{t}")
+        out += [f":{c} - [0:0]" for c in changed]
+        out += [f"-D {chain} {spec}" for chain, spec in drop]
+        out += [f"-F {c}" for c in gone]
+        for c in changed:
+            out += [f"-A {c} {rule}" for rule in want.chains[c]]
+        out += [f"-A {chain} {spec}" for chain, spec in add]
+        out += [f"-X {c}" for c in gone]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""

@@ -1,0 +1,253 @@
+"""A guest's forwards, read from its Notes (a ```pvenat block) and its tags.
+
+Pure parsing: text in, a GuestSpec or a PvenatError out. Checks that need the host
+config (pool, reserved ports, subnet) live in plan.py.
+"""
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from . import yamlstrict
+from .errors import PvenatError
+from .ports import format_range, parse_port, parse_range
+
+MAX_BLOCK = 16 * 1024  # PVE itself caps Notes at 8 KiB; anything larger is not ours
+_FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*")
+_TAG = re.compile(r"pvenat-([0-9]{1,5})(?:-([0-9]{1,5}))?")
+# 10000-10099 | 2222:22 | 8000-8009:9000-9009, then /tcp /udp /both
+_ENTRY = re.compile(r"([0-9]{1,5}(?:-[0-9]{1,5})?)(?::([0-9]{1,5}(?:-[0-9]{1,5})?))?"
+                    r"(?:/(tcp|udp|both))?")
+_PROTOS = {"tcp": ("tcp",), "udp": ("udp",), "both": ("tcp", "udp")}
+
+
+@dataclass(frozen=True, order=True)
+class Forward:
+    """One protocol's public port range to the same-length guest range."""
+
+    proto: str
+    public: tuple[int, int]
+    guest: tuple[int, int]
+    allow: tuple[str, ...] = ()  # source networks; empty means anyone
+    origin: str = ""  # where it was written, for messages: "Notes line 4", "tag pvenat-80"
+
+    def describe(self) -> str:
+        pub = format_range(*self.public)
+        text = pub if self.guest == self.public else f"{pub}->{format_range(*self.guest)}"
+        return text + (f" from {','.join(self.allow)}" if self.allow else "")
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    vmid: int
+    ip: str | None  # from "ip:", else found in the NIC config by plan.py
+    forwards: tuple[Forward, ...]
+    entries: int  # entries as written (a tcp+udp entry counts once), for the cap
+
+
+def parse(vmid: int, description: str, tags: str) -> GuestSpec | None:
+    """The guest's spec, or None when neither Notes nor tags mention pvenat."""
+    block = _find_block(vmid, description or "")
+    tagged = _parse_tags(vmid, tags or "")
+    if block is None and not tagged:
+        return None
+    ip, forwards, entries = None, [], len(tagged)
+    if block is not None:
+        ip, written = _parse_block(vmid, *block)
+        forwards += written[0]
+        entries += written[1]
+    for tag in tagged:
+        forwards += tag
+    if not forwards:
+        raise PvenatError("spec", f"guest {vmid}: its pvenat block lists no forwards; add "
+                          "'forwards:' with entries such as '- 2222:22', or remove the block")
+    return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries)
+
+
+def _find_block(vmid, text):
+    """(body, first line number of body) of the one ```pvenat block, or None."""
+    lines = text.split("\n")
+    found, i = None, 0
+    while i < len(lines):
+        m = _FENCE.fullmatch(lines[i].rstrip("\r"))
+        if not m:
+            i += 1
+            continue
+        fence, start = m.group(2), i
+        end = next((j for j in range(i + 1, len(lines))
+                    if re.fullmatch(r" {0,3}" + re.escape(fence[0]) + "{%d,}[ \t]*" % len(fence),
+                                    lines[j].rstrip("\r"))), None)
+        if m.group(3) == "pvenat":
+            if end is None:
+                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: the pvenat "
+                                  f"block is not closed; add a line {fence} after it")
+            if found is not None:
+                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: a second "
+                                  f"pvenat block (the first is on line {found[1] - 1}); "
+                                  "merge them into one")
+            body = "\n".join(lines[start + 1:end])
+            if len(body.encode()) > MAX_BLOCK:
+                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: the pvenat "
+                                  f"block is larger than {MAX_BLOCK // 1024} KiB; shorten it")
+            found = (body, start + 2)
+        i = len(lines) if end is None else end + 1
+    return found
+
+
+def _parse_block(vmid, body, first_line):
+    what = f"guest {vmid} Notes"
+    root = yamlstrict.load(body, what, "spec", first_line)
+    if root is None:
+        raise PvenatError("spec", f"{what}, line {first_line}: the pvenat block is empty; "
+                          "add 'forwards:' with entries such as '- 2222:22'")
+    if not isinstance(root, yamlstrict.Map):
+        raise PvenatError("spec", f"{what}, line {root.line}: the pvenat block needs keys "
+                          "'forwards:' (and optionally 'ip:')")
+    for key in root.items:
+        if key not in ("ip", "forwards"):
+            raise PvenatError("spec", f"{what}, line {root.keys[key]}: unknown key {key!r}; "
+                              "the block takes 'ip' and 'forwards'")
+    ip = None
+    if "ip" in root.items:
+        node = root.items["ip"]
+        try:
+            ip = str(ipaddress.IPv4Address(_text(node)))
+        except ValueError:
+            raise PvenatError("spec", f"{what}, line {node.line}: ip: {_show(node)} is not "
+                              "an IPv4 address; write it like 'ip: 172.22.161.170'") from None
+    node = root.items.get("forwards")
+    if node is None:
+        raise PvenatError("spec", f"{what}, line {root.line}: no 'forwards:' key; add one "
+                          "with entries such as '- 2222:22'")
+    if not isinstance(node, yamlstrict.Seq):
+        raise PvenatError("spec", f"{what}, line {node.line}: 'forwards' must be a list, "
+                          "one '- entry' per line")
+    forwards = []
+    for item in node.items:
+        forwards += _parse_entry(what, item)
+    return ip, (forwards, len(node.items))
+
+
+def _text(node) -> str | None:
+    return node.value if isinstance(node, yamlstrict.Scalar) else None
+
+
+def _show(node) -> str:
+    text = _text(node)
+    if text is None:
+        return "a list or mapping"
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _parse_entry(what, node):
+    origin = f"Notes line {node.line}"
+    where = f"{what}, line {node.line}"
+    allow = ()
+    if isinstance(node, yamlstrict.Map):
+        for key in node.items:
+            if key not in ("ports", "proto", "allow"):
+                raise PvenatError("spec", f"{what}, line {node.keys[key]}: unknown key "
+                                  f"{key!r} in a forward; use ports, proto and allow")
+        if "ports" not in node.items:
+            raise PvenatError("spec", f"{where}: this forward has no 'ports:'")
+        ports = _text(node.items["ports"])
+        proto = _text(node.items["proto"]) if "proto" in node.items else "tcp"
+        if proto not in _PROTOS:
+            raise PvenatError("spec", f"{what}, line {node.items['proto'].line}: proto: "
+                              f"{_show(node.items['proto'])}; use tcp, udp or both")
+        if "allow" in node.items:
+            allow = _parse_allow(what, node.items["allow"])
+        if ports is None or "/" in ports:
+            raise PvenatError("spec", f"{what}, line {node.items['ports'].line}: ports: "
+                              f"{_show(node.items['ports'])}; write a port, a range or "
+                              "'public:guest', with the protocol under 'proto:'")
+        text = f"{ports}/{proto}"
+    else:
+        text = _text(node)
+        if text is None:
+            raise PvenatError("spec", f"{where}: a forward is a line such as '- 2222:22' or "
+                              "a mapping with ports, proto and allow")
+    return _expand(text, allow, origin, where)
+
+
+def _expand(text, allow, origin, where):
+    m = _ENTRY.fullmatch(text.strip())
+    if not m:
+        raise PvenatError("spec", f"{where}: {text!r} is not a forward; write PORT, "
+                          "FIRST-LAST, PUBLIC:GUEST or a range to a range, optionally "
+                          "followed by /tcp, /udp or /both")
+    try:
+        public = parse_range(m.group(1))
+        guest = parse_range(m.group(2)) if m.group(2) else public
+    except ValueError as e:
+        raise PvenatError("spec", f"{where}: {e}") from None
+    if public[1] - public[0] != guest[1] - guest[0]:
+        raise PvenatError("spec", f"{where}: {text!r} maps {public[1] - public[0] + 1} public "
+                          f"ports to {guest[1] - guest[0] + 1} guest ports; both sides must "
+                          "be the same length")
+    return [Forward(p, public, guest, allow, origin) for p in _PROTOS[m.group(3) or "tcp"]]
+
+
+def _parse_allow(what, node):
+    items = node.items if isinstance(node, yamlstrict.Seq) else (node,)
+    out = []
+    for item in items:
+        text = _text(item)
+        try:
+            net = ipaddress.IPv4Network(text or "", strict=True)
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f" (did you mean {ipaddress.IPv4Network(text, strict=False)}?)"
+            except (ValueError, TypeError):
+                pass
+            raise PvenatError("spec", f"{what}, line {item.line}: allow: {_show(item)} is "
+                              f"not an IPv4 address or network{hint}: {e}") from None
+        out.append(str(net))
+    if not out:
+        raise PvenatError("spec", f"{what}, line {node.line}: 'allow' is empty, which would "
+                          "let nobody in; list sources or remove the key")
+    return tuple(out)
+
+
+def _parse_tags(vmid, tags):
+    """pvenat-PORT and pvenat-FIRST-LAST tags: that port or range, TCP and UDP."""
+    out = []
+    for tag in filter(None, re.split(r"[;, ]", tags)):
+        if not tag.startswith("pvenat"):
+            continue
+        m = _TAG.fullmatch(tag)
+        if not m:
+            raise PvenatError("spec", f"guest {vmid}: tag {tag!r} looks like a pvenat tag but "
+                              "is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
+                              "pvenat-8080 or pvenat-10000-10099")
+        try:
+            lo = parse_port(m.group(1))
+            hi = parse_port(m.group(2)) if m.group(2) else lo
+        except ValueError as e:
+            raise PvenatError("spec", f"guest {vmid}: tag {tag!r}: {e}") from None
+        if hi < lo:
+            raise PvenatError("spec", f"guest {vmid}: tag {tag!r} is reversed; use "
+                              f"pvenat-{hi}-{lo}")
+        out.append([Forward(p, (lo, hi), (lo, hi), (), f"tag {tag}") for p in ("tcp", "udp")])
+    return out
+
+
+def nic_address(kind: str, config: dict, bridge: str) -> str | None:
+    """The static IPv4 of the guest's NIC on ``bridge``: LXC ip=, QEMU cloud-init ipconfigN."""
+    for key in sorted(config):
+        m = re.fullmatch(r"net([0-9]+)", key)
+        if not m:
+            continue
+        opts = _options(config[key])
+        if opts.get("bridge") != bridge:
+            continue
+        ip = opts.get("ip") if kind == "lxc" else _options(
+            config.get(f"ipconfig{m.group(1)}", "")).get("ip")
+        if ip and ip not in ("dhcp", "manual"):
+            return ip.split("/")[0]
+    return None
+
+
+def _options(value) -> dict:
+    return dict(part.split("=", 1) for part in str(value).split(",") if "=" in part)

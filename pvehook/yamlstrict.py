@@ -1,0 +1,80 @@
+"""YAML for people: no aliases, no duplicate keys, no implicit types, line numbers kept.
+
+Everything is composed into nodes and never constructed into Python objects by PyYAML:
+scalars stay strings (so ``2222:22`` is not the sexagesimal integer 133342 and ``on`` is
+not ``True``), and callers read values with the line they came from.
+"""
+
+from dataclasses import dataclass
+
+import yaml
+
+from .errors import PvenatError
+
+
+@dataclass(frozen=True)
+class Scalar:
+    value: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Seq:
+    items: tuple
+    line: int
+
+
+@dataclass(frozen=True)
+class Map:
+    items: dict  # str -> node
+    keys: dict  # str -> line of the key
+    line: int
+
+
+class _Loader(yaml.BaseLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load(text: str, what: str, code: str, first_line: int = 1):
+    """Parse one YAML document into Scalar/Seq/Map nodes; None when empty.
+
+    ``what`` names the source in errors ("/etc/pvenat/pvenat.yaml", "guest 101 Notes");
+    ``code`` is the PvenatError code for problems; ``first_line`` is the line number of
+    the text's first line in that source.
+    """
+    offset = first_line - 1
+    try:
+        node = _Loader(text).get_single_node()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1 + offset}" if mark else "somewhere"
+        problem = getattr(e, "problem", None) or str(e)
+        raise PvenatError(code, f"{what}, {where}: invalid YAML: {problem}") from None
+    if node is None:
+        return None
+    return _convert(node, what, code, offset)
+
+
+def _convert(node, what, code, offset):
+    line = node.start_mark.line + 1 + offset
+    if isinstance(node, yaml.ScalarNode):
+        return Scalar(node.value, line)
+    if isinstance(node, yaml.SequenceNode):
+        return Seq(tuple(_convert(n, what, code, offset) for n in node.value), line)
+    items, keys = {}, {}
+    for knode, vnode in node.value:
+        kline = knode.start_mark.line + 1 + offset
+        if not isinstance(knode, yaml.ScalarNode):
+            raise PvenatError(code, f"{what}, line {kline}: a key must be a plain word")
+        if knode.value in items:
+            raise PvenatError(
+                code, f"{what}, line {kline}: key {knode.value!r} appears twice "
+                f"(first on line {keys[knode.value]}); keep one")
+        items[knode.value] = _convert(vnode, what, code, offset)
+        keys[knode.value] = kline
+    return Map(items, keys, line)

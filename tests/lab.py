@@ -1,0 +1,195 @@
+"""A simulated PVE host in network namespaces, with real bridges, veths and iptables.
+
+  inet (203.0.113.1, 192.0.2.7) ── eno1 ── vmbr0 203.0.113.10   [host]
+                                           vmbr1 172.22.161.254 ── tap101i0 ── g101 .170
+                                                                 └─ veth102i0 ── g102 .171
+
+Guests' host-side ports carry PVE's names. Nothing outside the lab's namespaces is
+touched, and close() removes them all, also after a failure.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAKEPVE = os.path.join(REPO, "tests", "fakepve")
+PUBLIC_IP = "203.0.113.10"
+PEER_IP = "203.0.113.1"
+LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
+HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
+TOKEN = "pvenat@pve!hook=5e1c3a0e-7d2b-4c8e-9f00-1a2b3c4d5e6f"
+
+
+def sh(*argv, check=True, input=None):
+    proc = subprocess.run(argv, capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc
+
+
+class Lab:
+    def __init__(self, guests, br_netfilter=True, backend="https", python=sys.executable):
+        """``guests``: {vmid: (kind, address, ports to serve, config)}."""
+        self.prefix = f"pvn{os.getpid() % 100000}"
+        self.host = f"{self.prefix}-host"
+        self.inet = f"{self.prefix}-inet"
+        self.guests = guests
+        self.python = python
+        self.backend = backend
+        self.namespaces = []
+        self.procs = []
+        self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
+        self.fixture = os.path.join(self.dir, "pve.json")
+        self.config = os.path.join(self.dir, "pvenat.yaml")
+        self.log = os.path.join(self.dir, "pvenat.log")
+        try:
+            self._build(br_netfilter)
+        except BaseException:
+            self.close()
+            raise
+
+    def ns(self, vmid):
+        return f"{self.prefix}-g{vmid}"
+
+    def _netns(self, name):
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _build(self, br_netfilter):
+        h = self.host
+        self._netns(h)
+        self._netns(self.inet)
+        for cmd in (["link", "add", "vmbr0", "type", "bridge"],
+                    ["link", "add", "vmbr1", "type", "bridge"],
+                    ["link", "add", "eno1", "type", "veth", "peer", "name", "eth0",
+                     "netns", self.inet],
+                    ["link", "set", "eno1", "master", "vmbr0", "up"],
+                    ["addr", "add", f"{PUBLIC_IP}/24", "dev", "vmbr0"],
+                    ["addr", "add", "172.22.161.254/24", "dev", "vmbr1"],
+                    ["link", "set", "vmbr0", "up"], ["link", "set", "vmbr1", "up"],
+                    ["route", "add", "default", "via", PEER_IP]):
+            sh("ip", "-n", h, *cmd)
+        for cmd in (["addr", "add", f"{PEER_IP}/24", "dev", "eth0"],
+                    ["addr", "add", f"{LISTED_IP}/32", "dev", "lo"],
+                    ["link", "set", "eth0", "up"]):
+            sh("ip", "-n", self.inet, *cmd)
+        self.sysctl(h, "net.ipv4.ip_forward", 1)
+        self.sysctl(h, "net.bridge.bridge-nf-call-iptables", int(br_netfilter))
+        for vmid, (kind, address, _, _) in self.guests.items():
+            g = self.ns(vmid)
+            self._netns(g)
+            port = f"tap{vmid}i0" if kind == "qemu" else f"veth{vmid}i0"
+            sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+               "netns", g)
+            sh("ip", "-n", h, "link", "set", port, "master", "vmbr1", "up")
+            sh("ip", "-n", g, "addr", "add", f"{address}/24", "dev", "eth0")
+            sh("ip", "-n", g, "link", "set", "eth0", "up")
+            sh("ip", "-n", g, "route", "add", "default", "via", "172.22.161.254")
+        for vmid, (_, _, ports, _) in self.guests.items():
+            self.serve(self.ns(vmid), f"g{vmid}", ports)
+        self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
+        self.write_fixture()
+        self.write_config()
+        if self.backend == "https":
+            self._start_api()
+
+    def sysctl(self, ns, key, value):
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
+
+    def serve(self, ns, name, ports):
+        self.spawn(ns, [self.python, os.path.join(REPO, "tests", "netprobe.py"), "serve",
+                        name, *ports])
+
+    def spawn(self, ns, argv):
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"{argv} did not start: {line} {proc.stderr.read()}")
+        return proc
+
+    def _start_api(self):
+        cert, key = os.path.join(self.dir, "api.pem"), os.path.join(self.dir, "api.key")
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+           "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+           "-keyout", key, "-out", cert)
+        self.cert = cert
+        self.spawn(self.host, ["env", f"PVENAT_FAKE_PVE={self.fixture}", self.python,
+                               os.path.join(FAKEPVE, "server.py"), cert, key, "8006", TOKEN])
+
+    def write_fixture(self, fault=None):
+        guests = [{"vmid": vmid, "type": kind, "node": "pve1", "status": "running",
+                   "name": f"guest{vmid}", "config": config}
+                  for vmid, (kind, _, _, config) in self.guests.items()]
+        with open(self.fixture, "w") as f:
+            json.dump({"guests": guests, "fault": fault}, f)
+
+    def set_config(self, vmid, **changes):
+        kind, address, ports, config = self.guests[vmid]
+        self.guests[vmid] = (kind, address, ports, dict(config, **changes))
+        self.write_fixture()
+
+    def write_config(self, extra=""):
+        with open(os.path.join(self.dir, "token"), "w") as f:
+            f.write(TOKEN.split("=", 1)[1])
+        pve = ("{backend: local, node: pve1}" if self.backend == "local" else
+               f"{{backend: https, node: pve1, host: 127.0.0.1, port: 8006, "
+               f"token_file: {self.dir}/token, verify_ssl: {self.dir}/api.pem}}")
+        with open(self.config, "w") as f:
+            f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
+                    f"lan_address: 172.22.161.254/24\nlog_file: {self.log}\npve: {pve}\n"
+                    + extra)
+
+    def env(self):
+        return {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C", "PYTHONPATH": REPO,
+                "PVENAT_CONFIG": self.config, "PVENAT_FAKE_PVE": self.fixture}
+
+    def hook(self, vmid, phase, extra_env=None):
+        """Run the hookscript as PVE does, inside the host namespace."""
+        env = dict(self.env(), **(extra_env or {}))
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host, "env", "-i",
+             *[f"{k}={v}" for k, v in env.items()], self.python,
+             os.path.join(REPO, "hookscripts", "pvenat.py"), str(vmid), phase],
+            capture_output=True, text=True, cwd="/")
+
+    def pvenat(self, *args):
+        env = self.env()
+        return subprocess.run(
+            ["ip", "netns", "exec", self.host, "env", "-i",
+             *[f"{k}={v}" for k, v in env.items()], self.python, "-m", "pvehook", *args],
+            capture_output=True, text=True, cwd="/")
+
+    def probe(self, ns, proto, host, port, src=None):
+        argv = [self.python, os.path.join(REPO, "tests", "netprobe.py"), proto, host,
+                str(port)] + ([src] if src else [])
+        return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
+
+    def iptables_save(self, *args):
+        """The host's rules without counters and timestamps."""
+        out = sh("ip", "netns", "exec", self.host, "iptables-legacy-save", *args).stdout
+        return "\n".join(line.split(" [")[0] if line.startswith(":") else line
+                         for line in out.splitlines() if not line.startswith("#"))
+
+    def iptables(self, *args, check=True):
+        return sh("ip", "netns", "exec", self.host, "iptables-legacy", "-w", *args, check=check)
+
+    def close(self):
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        for name in reversed(self.namespaces):
+            sh("ip", "netns", "pids", name, check=False)
+            sh("ip", "netns", "del", name, check=False)
+        self.namespaces = []
+        shutil.rmtree(self.dir, ignore_errors=True)
