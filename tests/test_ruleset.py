@@ -1,0 +1,168 @@
+"""Rendering, reading back and diffing pvenat's rules: pure, no kernel."""
+
+import os
+import random
+
+import pytest
+
+from pvehook import ruleset
+from pvehook.config import HostConfig
+from pvehook.plan import Claim, GuestPlan
+from pvehook.spec import Forward
+
+HOST = HostConfig()
+PUB = "203.0.113.10"
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+A = GuestPlan(101, "172.22.161.170", (
+    Forward("tcp", (10000, 10099), (10000, 10099)),
+    Forward("tcp", (12222, 12222), (22, 22)),
+    Forward("tcp", (13389, 13389), (3389, 3389), ("198.51.100.0/24", "192.0.2.7/32")),
+    Forward("tcp", (18000, 18009), (9000, 9009)),
+    Forward("udp", (10000, 10099), (10000, 10099))))
+B = GuestPlan(102, "172.22.161.171", (Forward("tcp", (11000, 11000), (11000, 11000)),
+                                      Forward("udp", (11000, 11000), (11000, 11000))))
+
+
+def render(tables):
+    """As iptables-save would list it (chains sorted, rules in order)."""
+    out = []
+    for t in ruleset.TABLES:
+        out.append(f"*{t}")
+        out += [f":{c}" for c in sorted(tables[t].chains)]
+        out += [f"-A {chain} {spec}" for chain, spec in tables[t].jumps]
+        for c in sorted(tables[t].chains):
+            out += [f"-A {c} {r}" for r in tables[t].chains[c]]
+    return "\n".join(out) + "\n"
+
+
+def test_golden_two_guests():
+    got = render(ruleset.desired(HOST, PUB, [A, B]))
+    path = os.path.join(GOLDEN, "two_guests.rules")
+    if os.environ.get("PVENAT_UPDATE_GOLDEN"):
+        with open(path, "w") as f:
+            f.write(got)
+    with open(path) as f:
+        assert got == f.read()
+
+
+def test_hand_pinned_rules():
+    """A few lines written by hand, so a regenerated golden file cannot bless a bug."""
+    nat = ruleset.desired(HOST, PUB, [A]).get("nat")
+    assert ("PREROUTING", "-d 203.0.113.10/32 -i vmbr0 -j PVENAT-DNAT") in nat.jumps
+    assert ("PREROUTING", "-d 203.0.113.10/32 -i vmbr1 -j PVENAT-DNAT") in nat.jumps
+    assert ("OUTPUT", "-d 203.0.113.10/32 -j PVENAT-DNAT") in nat.jumps
+    assert nat.chains["PVENAT-101"] == (
+        "-p tcp -m tcp --dport 10000:10099 -j DNAT --to-destination 172.22.161.170",
+        "-p tcp -m tcp --dport 12222 -j DNAT --to-destination 172.22.161.170:22",
+        "-s 198.51.100.0/24 -p tcp -m tcp --dport 13389 -j DNAT "
+        "--to-destination 172.22.161.170:3389",
+        "-s 192.0.2.7/32 -p tcp -m tcp --dport 13389 -j DNAT "
+        "--to-destination 172.22.161.170:3389",
+        "-p tcp -m tcp --dport 18000:18009 -j DNAT "
+        "--to-destination 172.22.161.170:9000-9009/18000",
+        "-p udp -m udp --dport 10000:10099 -j DNAT --to-destination 172.22.161.170")
+    # 12222 = 0x2FBE: root -> 2 -> 2F -> 2FB, where the claim sits.
+    assert "-p tcp -m tcp --dport 12222 -j PVENAT-101" in nat.chains["PVENAT-TCP-2FB"]
+    assert "-p tcp -m tcp --dport 8192:12287 -j PVENAT-TCP-2" in nat.chains["PVENAT-TCP"]
+    # 10000-10099 = 0x2710-0x2773 shares the prefix 27.
+    assert "-p tcp -m tcp --dport 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
+    filt = ruleset.desired(HOST, PUB, [A])["filter"]
+    assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD")]
+
+
+def walk(chains, proto, port):
+    """The rules a new connection to ``port`` evaluates, and the guest it reaches."""
+    chain, steps = "PVENAT-DNAT", 0
+    while True:
+        for rule in chains[chain]:
+            steps += 1
+            words = rule.split()
+            if words[1] != proto:
+                continue
+            if "--dport" in words:
+                lo, _, hi = words[words.index("--dport") + 1].partition(":")
+                if not int(lo) <= port <= int(hi or lo):
+                    continue
+            target = words[-1]
+            if ruleset.is_guest_chain(target):
+                return int(target.split("-")[1]), steps
+            chain = target
+            break
+        else:
+            return None, steps
+
+
+def test_tree_walk_is_short_and_exact_with_1000_guests():
+    rng = random.Random(7)
+    plans, start = [], 10000
+    for vmid in range(1000, 2000):
+        width = rng.choice([1, 1, 5, 50])
+        fw = [Forward("tcp", (start, start + width - 1), (start, start + width - 1)),
+              Forward("udp", (start, start + width - 1), (start, start + width - 1))]
+        plans.append(GuestPlan(vmid, "172.22.161.2", tuple(fw)))
+        start += width + rng.choice([0, 0, 3])
+    chains = ruleset.desired(HOST, PUB, plans)["nat"].chains
+    worst = 0
+    for plan in plans:
+        for f in plan.forwards:
+            for port in {f.public[0], f.public[1]}:
+                vmid, steps = walk(chains, f.proto, port)
+                assert vmid == plan.vmid
+                worst = max(worst, steps)
+    assert walk(chains, "tcp", start + 100)[0] is None
+    assert worst <= 4 * 32 + 2  # four nodes of at most 16 claims and 16 children
+
+
+def saved(tables):
+    """What iptables-save prints for these tables (one table's text each)."""
+    out = {}
+    for t in ruleset.TABLES:
+        lines = [f"*{t}", ":PREROUTING ACCEPT [0:0]", ":FOREIGN - [0:0]"]
+        lines += [f":{c} - [0:0]" for c in tables[t].chains]
+        lines += [f"-A {chain} {spec}" for chain, spec in tables[t].jumps]
+        lines += ["-A PREROUTING -p tcp -m tcp --dport 80 -j FOREIGN"]
+        for c, rules in tables[t].chains.items():
+            lines += [f"-A {c} {r}" for r in rules]
+        out[t] = "\n".join(lines + ["COMMIT"])
+    return out
+
+
+def test_parse_save_reads_back_only_ours():
+    want = ruleset.desired(HOST, PUB, [A, B])
+    got = {t: ruleset.parse_save(text) for t, text in saved(want).items()}
+    assert {t: (got[t].chains, got[t].jumps) for t in got} == \
+        {t: (want[t].chains, want[t].jumps) for t in want}
+    assert sorted(ruleset.held_claims(got)) == sorted(
+        [Claim(f.proto, *f.public, 101) for f in A.forwards] +
+        [Claim(f.proto, *f.public, 102) for f in B.forwards])
+    assert ruleset.guest_addresses(got) == {"172.22.161.170": 101, "172.22.161.171": 102}
+
+
+def test_diff_is_empty_when_equal_and_minimal_otherwise():
+    both = ruleset.desired(HOST, PUB, [A, B])
+    assert ruleset.restore_script(both, both) == ""
+    only_b = ruleset.with_guest(both, HOST, None, 101, None)
+    script = ruleset.restore_script(both, only_b)
+    assert "-F PVENAT-101" in script and "-X PVENAT-101" in script
+    assert "PVENAT-102" not in script.replace("-j PVENAT-102", "")  # B's chain untouched
+    assert only_b["nat"].chains == ruleset.desired(HOST, PUB, [B])["nat"].chains
+    back = ruleset.with_guest(only_b, HOST, PUB, 101, A)
+    assert back["nat"].chains == both["nat"].chains
+
+
+def test_empty_start_then_remove_keeps_base():
+    empty = {t: ruleset.Table() for t in ruleset.TABLES}
+    started = ruleset.with_guest(empty, HOST, PUB, 102, B)
+    assert started["nat"].chains == ruleset.desired(HOST, PUB, [B])["nat"].chains
+    stopped = ruleset.with_guest(started, HOST, None, 102, None)
+    assert stopped["nat"].chains == ruleset.base(HOST, PUB)["nat"].chains
+    assert stopped["nat"].jumps == started["nat"].jumps
+
+
+@pytest.mark.parametrize("lo,hi,node", [(10000, 10000, "PVENAT-TCP-271"),
+                                        (0x2710, 0x271F, "PVENAT-TCP-271"),
+                                        (0x2710, 0x2720, "PVENAT-TCP-27"),
+                                        (0x2FFF, 0x3000, "PVENAT-TCP")])
+def test_claim_sits_in_deepest_common_node(lo, hi, node):
+    chains = ruleset.dispatch([Claim("tcp", lo, hi, 9)])
+    assert any(r.endswith("-j PVENAT-9") for r in chains[node])
