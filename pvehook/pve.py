@@ -4,6 +4,8 @@ proxmoxer is imported only when a request is made, so phases that need no API (p
 post-start) never pay for it.
 """
 
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .config import PveSettings
@@ -31,14 +33,14 @@ class PveApi:
 
     def guest(self, node: str, vmid: int) -> Guest:
         """The guest's current config, trying QEMU then LXC (the hook is told neither)."""
-        missing = []
+        client = self._client()
         for kind in KINDS:
             path = f"nodes/{node}/{kind}/{vmid}/config"
             try:
-                config = self._client().get(path)
+                with deadline(self.settings.timeout):
+                    config = client.get(path)
             except Exception as e:  # proxmoxer raises backend-specific types
-                if _is_missing(e):
-                    missing.append(kind)
+                if "does not exist" in str(e):
                     continue
                 raise api_error(f"guest {vmid}: cannot read /{path}", e) from None
             if not isinstance(config, dict) or "errors" in config or not all(
@@ -50,10 +52,24 @@ class PveApi:
                           "VMID right, and does pve.node name this node?")
 
 
-def _is_missing(e) -> bool:
-    text = str(e)
-    return ("does not exist" in text or "no such" in text.lower()) and \
-        getattr(e, "status_code", 500) in (500, 404)
+class ApiTimeout(Exception):
+    pass
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Give up after ``seconds``: proxmoxer 1.2's HTTPS backend has no request timeout,
+    and PVE runs hookscripts with none, so a hung API would hang the guest's start."""
+    def expire(signum, frame):
+        raise ApiTimeout(f"no answer within {seconds} s (pve.timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def api_error(what: str, e: Exception) -> PvenatError:
@@ -67,12 +83,11 @@ def connect(settings: PveSettings):
     import proxmoxer
 
     if settings.backend == "local":
-        try:
-            return proxmoxer.ProxmoxAPI(backend="local", timeout=settings.timeout)
-        except NotImplementedError:
+        if "local" not in proxmoxer.core.SERVICES["PVE"]["supported_backends"]:
             raise PvenatError("pve", "this proxmoxer has no 'local' backend (it came with "
                               "proxmoxer 1.3); set 'pve: {backend: https}' with an API "
-                              "token ('pvenat install --token' sets it up)") from None
+                              "token ('pvenat install --token' sets it up)")
+        return proxmoxer.ProxmoxAPI(backend="local", timeout=settings.timeout)
     try:
         with open(settings.token_file, encoding="utf-8") as f:
             token = f.read().strip()

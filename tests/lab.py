@@ -34,7 +34,11 @@ def sh(*argv, check=True, input=None):
 
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="https", python=sys.executable):
-        """``guests``: {vmid: (kind, address, ports to serve, config)}."""
+        """``guests``: {vmid: {kind, config, node?, address?, serve?}}.
+
+        A guest with an address gets a namespace on vmbr1 answering on ``serve``
+        ("tcp:22", ...); one without exists only in the fake API.
+        """
         self.prefix = f"pvn{os.getpid() % 100000}"
         self.host = f"{self.prefix}-host"
         self.inet = f"{self.prefix}-inet"
@@ -81,8 +85,10 @@ class Lab:
             sh("ip", "-n", self.inet, *cmd)
         self.sysctl(h, "net.ipv4.ip_forward", 1)
         self.sysctl(h, "net.bridge.bridge-nf-call-iptables", int(br_netfilter))
-        for vmid, (kind, address, _, _) in self.guests.items():
-            g = self.ns(vmid)
+        for vmid, guest in self.guests.items():
+            if not guest.get("address"):
+                continue
+            kind, address, g = guest["kind"], guest["address"], self.ns(vmid)
             self._netns(g)
             port = f"tap{vmid}i0" if kind == "qemu" else f"veth{vmid}i0"
             sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
@@ -91,8 +97,7 @@ class Lab:
             sh("ip", "-n", g, "addr", "add", f"{address}/24", "dev", "eth0")
             sh("ip", "-n", g, "link", "set", "eth0", "up")
             sh("ip", "-n", g, "route", "add", "default", "via", "172.22.161.254")
-        for vmid, (_, _, ports, _) in self.guests.items():
-            self.serve(self.ns(vmid), f"g{vmid}", ports)
+            self.serve(g, f"g{vmid}", guest.get("serve", []))
         self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
         self.write_fixture()
         self.write_config()
@@ -125,15 +130,14 @@ class Lab:
                                os.path.join(FAKEPVE, "server.py"), cert, key, "8006", TOKEN])
 
     def write_fixture(self, fault=None):
-        guests = [{"vmid": vmid, "type": kind, "node": "pve1", "status": "running",
-                   "name": f"guest{vmid}", "config": config}
-                  for vmid, (kind, _, _, config) in self.guests.items()]
+        guests = [{"vmid": vmid, "type": g["kind"], "node": g.get("node", "pve1"),
+                   "status": g.get("status", "running"), "name": f"guest{vmid}",
+                   "config": g["config"]} for vmid, g in self.guests.items()]
         with open(self.fixture, "w") as f:
             json.dump({"guests": guests, "fault": fault}, f)
 
     def set_config(self, vmid, **changes):
-        kind, address, ports, config = self.guests[vmid]
-        self.guests[vmid] = (kind, address, ports, dict(config, **changes))
+        self.guests[vmid]["config"].update(changes)
         self.write_fixture()
 
     def write_config(self, extra=""):
@@ -171,6 +175,9 @@ class Lab:
         argv = [self.python, os.path.join(REPO, "tests", "netprobe.py"), proto, host,
                 str(port)] + ([src] if src else [])
         return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
+
+    def sh_host(self, *argv):
+        return sh("ip", "netns", "exec", self.host, *argv).stdout.strip()
 
     def iptables_save(self, *args):
         """The host's rules without counters and timestamps."""

@@ -63,7 +63,7 @@ def handle(path, method="GET", params=None):
     with fixture(fixture_path) as data:
         fault = data.get("fault")
     if fault == "timeout":
-        time.sleep(3600)
+        time.sleep(15)  # longer than any client timeout in the tests; then it exits
     if fault == "garbage":
         return "<html>502 Bad Gateway</html>"
     path = "/" + path.strip("/")

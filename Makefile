@@ -1,0 +1,30 @@
+# pvenat developer entry points. Run as root: the tests build network namespaces.
+#   make test    both test runs: Debian's python3-* libraries, then current PyPI releases
+#   make deps    what the tests need: apt packages and the PyPI virtualenv (.venv)
+
+PY_DEBIAN := /usr/bin/python3
+VENV := .venv
+APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3-pip \
+	python3-proxmoxer python3-yaml python3-structlog python3-requests python3-pytest \
+	python3-hypothesis
+PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
+
+.PHONY: test test-debian test-pypi deps
+
+test: deps test-debian test-pypi
+
+test-debian:
+	@echo "== tests on Debian's libraries: $$($(PY_DEBIAN) -c 'from importlib.metadata import version as v; print(*[f"{p} {v(p)}" for p in ("proxmoxer", "structlog", "PyYAML")])')"
+	$(PY_DEBIAN) -m pytest -q tests
+
+test-pypi:
+	@echo "== tests on current PyPI releases: $$($(VENV)/bin/python -c 'from importlib.metadata import version as v; print(*[f"{p} {v(p)}" for p in ("proxmoxer", "structlog", "PyYAML")])')"
+	$(VENV)/bin/python -m pytest -q tests
+
+deps:
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(APT_PACKAGES) >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(APT_PACKAGES) >/dev/null; }
+	test -x $(VENV)/bin/python || $(PY_DEBIAN) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade $(PYPI_PACKAGES)

@@ -1,0 +1,176 @@
+"""Guest forwards end to end in a namespace lab: real hook phases, real packets.
+
+Runs the hookscript as PVE does (inside the simulated host, PVE's PATH, the fake API)
+with br_netfilter on and off, and checks every flow with real TCP and UDP traffic.
+"""
+
+import os
+
+import pytest
+from conftest import proxmoxer_has_local
+
+from lab import LISTED_IP, PEER_IP, PUBLIC_IP, Lab
+
+NOTES_101 = """Web server, managed by pvenat.
+
+```pvenat
+forwards:
+  - 10000-10099              # TCP, same ports
+  - 12222:22                 # public 12222 -> guest 22
+  - 10000-10099/udp
+  - 18000-18009:9000-9009    # a range remapped
+  - ports: 13389:3389
+    proto: both
+    allow: [198.51.100.0/24, 192.0.2.7]
+```
+"""
+
+
+def guests():
+    return {
+        101: {"kind": "qemu", "address": "172.22.161.170", "config": {
+            "description": NOTES_101, "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1",
+            "ipconfig0": "ip=172.22.161.170/24,gw=172.22.161.254"},
+            "serve": ["tcp:22", "tcp:10000", "tcp:10099", "udp:10000", "tcp:9005",
+                      "tcp:3389", "udp:3389", "tcp:80"]},
+        102: {"kind": "lxc", "address": "172.22.161.171", "config": {
+            "tags": "prod;pvenat-11000", "net0": "name=eth0,bridge=vmbr1,"
+            "hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,gw=172.22.161.254,type=veth"},
+            "serve": ["tcp:11000", "udp:11000"]},
+        103: {"kind": "qemu", "config": {"description": "```pvenat\nforwards: [2222:22]\n```",
+                                         "net0": "virtio=X,bridge=vmbr1", "ipconfig0":
+                                         "ip=172.22.161.173/24"}},
+        104: {"kind": "lxc", "config": {"tags": "pvenat-11000",
+                                        "net0": "name=eth0,bridge=vmbr1,ip=172.22.161.174/24"}},
+        105: {"kind": "qemu", "config": {"description":
+                                         "```pvenat\nip: 172.22.161.170\nforwards: [20000]\n```"}},
+        106: {"kind": "qemu", "node": "pve2", "config": {"tags": "pvenat-20000",
+                                                         "net0": "virtio=X,bridge=vmbr1",
+                                                         "ipconfig0": "ip=172.22.161.176/24"}},
+        107: {"kind": "qemu", "config": {"description": "no pvenat here", "tags": "web"}},
+    }
+
+
+SETUPS = [("br_netfilter on", True, "https"),
+          ("br_netfilter off", False, "local" if proxmoxer_has_local() else "https")]
+
+
+@pytest.fixture(scope="module", params=SETUPS, ids=[s[0] + ", " + s[2] for s in SETUPS])
+def lab(request):
+    if os.geteuid() != 0:
+        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
+    _, bnf, backend = request.param
+    lab = Lab(guests(), br_netfilter=bnf, backend=backend)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_forwards_end_to_end(lab):
+    I, H, A, B = lab.inet, lab.host, lab.ns(101), lab.ns(102)
+    empty = lab.iptables_save()
+    assert ok(lab.hook(102, "pre-start")) == \
+        "pvenat: 102 -> 172.22.161.171 via 203.0.113.10: tcp+udp 11000"
+    assert ok(lab.hook(102, "post-start")) == "pvenat: 102: hairpin on veth102i0"
+    before = lab.iptables_save()
+    assert before != empty
+
+    assert ok(lab.hook(101, "pre-start")) == (
+        "pvenat: 101 -> 172.22.161.170 via 203.0.113.10: tcp+udp 10000-10099, "
+        "tcp 12222->22, tcp+udp 13389->3389 from 198.51.100.0/24,192.0.2.7/32, "
+        "tcp 18000-18009->9000-9009")
+    assert ok(lab.hook(101, "post-start")) == "pvenat: 101: hairpin on tap101i0"
+    hairpin = lab.sh_host("cat", "/sys/class/net/vmbr1/brif/tap101i0/hairpin_mode")
+    assert hairpin == "1"
+    started = lab.iptables_save()
+    assert ok(lab.hook(101, "pre-start"))  # a second run changes nothing
+    assert lab.iptables_save() == started
+    assert ok(lab.hook(101, "pre-stop")) == ""
+
+    # outside -> public:port reaches the guest, with the client's own address
+    assert lab.probe(I, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert lab.probe(I, "tcp", PUBLIC_IP, 10099) == f"g101 {PEER_IP}"
+    assert lab.probe(I, "udp", PUBLIC_IP, 10000) == f"g101 {PEER_IP}"
+    assert lab.probe(I, "tcp", PUBLIC_IP, 18005) == f"g101 {PEER_IP}"  # shifted to 9005
+    assert lab.probe(I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
+    # guest B -> public:port -> guest A, and guest A -> its own public port
+    assert lab.probe(B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+    assert lab.probe(B, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
+    assert lab.probe(A, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+    assert lab.probe(A, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
+    assert lab.probe(A, "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    # host -> public:port
+    assert lab.probe(H, "tcp", PUBLIC_IP, 12222) == f"g101 {PUBLIC_IP}"
+    assert lab.probe(H, "udp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"
+    # guest -> outside is SNATed; outbound to a forwarded port number is not hijacked
+    assert lab.probe(A, "tcp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
+    assert lab.probe(A, "udp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
+    assert lab.probe(B, "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+    # the allow-list passes a listed source and refuses another
+    assert lab.probe(I, "tcp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
+    assert lab.probe(I, "udp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
+    assert lab.probe(I, "tcp", PUBLIC_IP, 13389) == "refused"
+    # a port nobody forwards goes nowhere
+    assert lab.probe(I, "tcp", PUBLIC_IP, 12223) == "refused"
+
+    assert ok(lab.hook(101, "post-stop")) == "pvenat: 101: forwards removed"
+    assert lab.iptables_save() == before
+    assert lab.probe(I, "tcp", PUBLIC_IP, 12222) == "refused"
+    assert lab.probe(B, "tcp", PUBLIC_IP, 10000) == "refused"
+    assert lab.probe(I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"  # B unaffected
+    assert ok(lab.hook(101, "post-stop")) == ""  # nothing left to remove
+
+    assert ok(lab.hook(102, "post-stop")) == "pvenat: 102: forwards removed"
+    assert lab.probe(I, "udp", PUBLIC_IP, 11000) == "timeout"
+
+
+@pytest.mark.parametrize("vmid,message", [
+    (103, "guest 103, Notes line 2: public port 2222 is outside the port pool"),
+    (104, "guest 104, tag pvenat-11000: tcp public port 11000 is already forwarded to "
+          "guest 102"),
+    (105, "guest 105: address 172.22.161.170 is already forwarded to guest 101"),
+])
+def test_refused_start_changes_nothing(lab, vmid, message):
+    ok(lab.hook(101, "pre-start"))
+    ok(lab.hook(102, "pre-start"))
+    before = lab.iptables_save()
+    result = lab.hook(vmid, "pre-start")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+    assert lab.iptables_save() == before
+    ok(lab.hook(101, "post-stop"))
+    ok(lab.hook(102, "post-stop"))
+
+
+def test_unmanaged_guest_is_left_alone(lab):
+    before = lab.iptables_save()
+    for phase in ("pre-start", "post-start", "pre-stop", "post-stop"):
+        assert ok(lab.hook(107, phase)) == ""
+    assert lab.iptables_save() == before
+
+
+def test_live_migration_reads_config_from_source_node(lab):
+    result = lab.hook(106, "pre-start")
+    assert result.returncode == 1 and "no QEMU or LXC config on node pve1" in result.stderr
+    assert "via 203.0.113.10: tcp+udp 20000" in ok(
+        lab.hook(106, "pre-start", {"PVE_MIGRATED_FROM": "pve2"}))
+    assert ok(lab.hook(106, "post-stop")) == "pvenat: 106: forwards removed"
+
+
+def test_post_stop_needs_no_api(lab):
+    ok(lab.hook(102, "pre-start"))
+    lab.write_fixture(fault="garbage")
+    try:
+        result = lab.hook(101, "pre-start")
+        assert result.returncode == 1 and "guest 101" in result.stderr
+        assert ok(lab.hook(102, "post-stop")) == "pvenat: 102: forwards removed"
+    finally:
+        lab.write_fixture()
+    assert lab.probe(lab.inet, "udp", PUBLIC_IP, 11000) == "timeout"

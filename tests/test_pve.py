@@ -1,0 +1,93 @@
+"""PVE access through proxmoxer against the fake API: pvesh (local) and HTTPS token."""
+
+import json
+import os
+
+import pytest
+from conftest import proxmoxer_has_local
+
+from lab import FAKEPVE, TOKEN
+from pvehook.config import PveSettings
+from pvehook.errors import PvenatError
+from pvehook.pve import PveApi
+
+GUESTS = [
+    {"vmid": 101, "type": "qemu", "node": "pve1", "status": "running", "name": "web",
+     "config": {"description": "```pvenat\nforwards: [12222:22]\n```", "tags": "web"}},
+    {"vmid": 102, "type": "lxc", "node": "pve1", "status": "running", "name": "db",
+     "config": {"net0": "name=eth0,bridge=vmbr1,ip=172.22.161.171/24"}},
+    {"vmid": 103, "type": "qemu", "node": "pve2", "status": "running", "name": "moved",
+     "config": {"tags": "pvenat-10000"}},
+]
+
+
+def write(fixture, fault=None):
+    fixture.write_text(json.dumps({"guests": GUESTS, "fault": fault}))
+
+
+@pytest.fixture(params=["local", "https"])
+def api(request, tmp_path, monkeypatch):
+    fixture = tmp_path / "pve.json"
+    write(fixture)
+    monkeypatch.setenv("PVENAT_FAKE_PVE", str(fixture))
+    if request.param == "local":
+        monkeypatch.setenv("PATH", f"{FAKEPVE}:{os.environ['PATH']}")
+        yield PveApi(PveSettings(backend="local", node="pve1", timeout=2)), fixture
+        return
+    port, cert, _ = request.getfixturevalue("fake_api")
+    write(fixture)  # fake_api starts from an empty fixture at the same path
+    token = tmp_path / "token"
+    token.write_text(TOKEN.split("=", 1)[1] + "\n")
+    yield PveApi(PveSettings(backend="https", node="pve1", port=port, token_file=str(token),
+                             verify_ssl=cert, timeout=2)), fixture
+
+
+def test_reads_qemu_and_lxc_configs(api):
+    client, _ = api
+    if client.settings.backend == "local" and not proxmoxer_has_local():
+        with pytest.raises(PvenatError, match="this proxmoxer has no 'local' backend"):
+            client.guest("pve1", 101)
+        return
+    g = client.guest("pve1", 101)
+    assert (g.kind, g.config["tags"]) == ("qemu", "web")
+    assert g.config["description"].startswith("```pvenat\n")
+    assert client.guest("pve1", 102).kind == "lxc"
+    assert client.guest("pve2", 103).config["tags"] == "pvenat-10000"  # migration source
+    with pytest.raises(PvenatError, match="guest 999: no QEMU or LXC config on node pve1"):
+        client.guest("pve1", 999)
+
+
+def test_garbage_answer_is_a_clear_error(api):
+    client, fixture = api
+    if client.settings.backend == "local" and not proxmoxer_has_local():
+        return  # covered by test_reads_qemu_and_lxc_configs
+    write(fixture, fault="garbage")
+    with pytest.raises(PvenatError) as e:
+        client.guest("pve1", 101)
+    assert e.value.code == "pve" and "guest 101" in e.value.message
+
+
+def test_timeout_is_a_clear_error(api):
+    client, fixture = api
+    if client.settings.backend == "local" and not proxmoxer_has_local():
+        return  # covered by test_reads_qemu_and_lxc_configs
+    write(fixture, fault="timeout")
+    with pytest.raises(PvenatError) as e:
+        client.guest("pve1", 101)
+    assert "guest 101: cannot read /nodes/pve1/qemu/101/config" in e.value.message
+
+
+def test_wrong_token_is_refused(fake_api, tmp_path):
+    port, cert, fixture = fake_api
+    token = tmp_path / "token"
+    token.write_text("wrong")
+    client = PveApi(PveSettings(backend="https", node="pve1", port=port,
+                                token_file=str(token), verify_ssl=cert))
+    with pytest.raises(PvenatError, match="401"):
+        client.guest("pve1", 101)
+
+
+def test_missing_token_file_says_how_to_create_it(tmp_path):
+    client = PveApi(PveSettings(backend="https", token_file=str(tmp_path / "none")))
+    with pytest.raises(PvenatError, match="create it with 'pvenat install --token'"):
+        client.guest("pve1", 101)
