@@ -31,13 +31,8 @@ class Map:
     line: int
 
 
-class _Loader(yaml.BaseLoader):
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
+# libyaml's composer when the C extension is there (Debian's python3-yaml has it).
+_Loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 
 def load(text: str, what: str, code: str, first_line: int = 1):
@@ -54,18 +49,26 @@ def load(text: str, what: str, code: str, first_line: int = 1):
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1 + offset}" if mark else "somewhere"
         problem = getattr(e, "problem", None) or str(e)
+        context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and cmark:
+            problem += f" ({context} that starts on line {cmark.line + 1 + offset})"
         raise PvenatError(code, f"{what}, {where}: invalid YAML: {problem}") from None
     if node is None:
         return None
-    return _convert(node, what, code, offset)
+    return _convert(node, what, code, offset, set())
 
 
-def _convert(node, what, code, offset):
+def _convert(node, what, code, offset, seen):
     line = node.start_mark.line + 1 + offset
+    # An alias is the same node object met twice; refusing it also defuses alias bombs.
+    if id(node) in seen:
+        raise PvenatError(code, f"{what}, line {line}: YAML anchors and aliases (&name, "
+                          "*name) are not allowed; write the value out")
+    seen.add(id(node))
     if isinstance(node, yaml.ScalarNode):
         return Scalar(node.value, line)
     if isinstance(node, yaml.SequenceNode):
-        return Seq(tuple(_convert(n, what, code, offset) for n in node.value), line)
+        return Seq(tuple(_convert(n, what, code, offset, seen) for n in node.value), line)
     items, keys = {}, {}
     for knode, vnode in node.value:
         kline = knode.start_mark.line + 1 + offset
@@ -75,6 +78,6 @@ def _convert(node, what, code, offset):
             raise PvenatError(
                 code, f"{what}, line {kline}: key {knode.value!r} appears twice "
                 f"(first on line {keys[knode.value]}); keep one")
-        items[knode.value] = _convert(vnode, what, code, offset)
+        items[knode.value] = _convert(vnode, what, code, offset, seen)
         keys[knode.value] = kline
     return Map(items, keys, line)
