@@ -1,17 +1,16 @@
 """The ``pvenat`` command. Configures logging once, catches PvenatError at the top."""
 
 import argparse
+import json
 import sys
 
 import structlog
 
-from . import __version__, config, hook, netfilter
+from . import __version__, config, hook, hostnet, listing, netfilter, ruleset, spec, status, sync
 from .errors import PvenatError
+from .plan import plan_guest, summary
 from .pve import PveApi
-
-EPILOG_HOOK = """example (what PVE runs for 'hookscript: local:snippets/pvenat.py'):
-  pvenat hook 101 pre-start"""
-
+from .pveconf import ConfigFiles
 
 def main(argv=None) -> int:
     parser = _parser()
@@ -27,21 +26,54 @@ def main(argv=None) -> int:
 
 def _parser():
     p = argparse.ArgumentParser(prog="pvenat", description="Port forwards and NAT for "
-                                "Proxmox VE guests behind one public IPv4 address.")
+                                "Proxmox VE guests behind one public IPv4 address.",
+                                epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"pvenat {__version__}")
     p.add_argument("--config", metavar="PATH", help="host config (default: $PVENAT_CONFIG "
                    f"or {config.DEFAULT_PATH})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    h = sub.add_parser("hook", help="run one guest hook phase, as the hookscript does",
-                       epilog=EPILOG_HOOK, formatter_class=argparse.RawDescriptionHelpFormatter)
-    h.add_argument("vmid", type=int)
-    h.add_argument("phase", choices=hook.PHASES)
-    h.set_defaults(func=cmd_hook)
+
+    def command(name, func, help, example):
+        c = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.set_defaults(func=func)
+        return c
+
+    c = command("hook", cmd_hook, "run one guest hook phase, exactly as the hookscript does",
+                "pvenat hook 101 pre-start")
+    c.add_argument("vmid", type=int)
+    c.add_argument("phase", choices=hook.PHASES)
+    c = command("sync", cmd_sync, "make this node's rules match every running guest's Notes "
+                "and tags; remove rules of guests not running here", "pvenat sync --dry-run")
+    c.add_argument("--dry-run", action="store_true", help="print what would change")
+    c = command("list", cmd_list, "list managed guests, their forwards, and whether the "
+                "kernel has them", "pvenat list --json")
+    c.add_argument("--json", action="store_true")
+    c = command("check", cmd_check, "validate a guest's Notes and tags (or a file) without "
+                "applying; print the rules a start would add", "pvenat check 101")
+    c.add_argument("vmid", type=int, nargs="?")
+    c.add_argument("--notes", metavar="FILE", help="check this Notes text instead of a guest")
+    for name, verb in (("attach", "set"), ("detach", "clear")):
+        c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
+                    f"{status.HOOKSCRIPT}", f"pvenat {name} 101 102")
+        c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
+        c.add_argument("--force", action="store_true",
+                       help="replace or clear a hookscript that is not pvenat's")
+    c = command("status", cmd_status, "check the host setup and list guests that need "
+                "attention", "pvenat status --json")
+    c.add_argument("--json", action="store_true")
     return p
 
 
+EXIT_CODES = """exit codes: 0 done, or all is well; 1 refused, failed, or (status, sync)
+something needs attention; 2 bad command line."""
+
+
 def context(host) -> hook.Context:
-    return hook.Context(host, PveApi(host.pve), netfilter.Iptables())
+    api = PveApi(host.pve)
+    configs = ConfigFiles(host.pve.config_dir) if host.pve.config_source == "files" else api
+    return hook.Context(host, api, configs, netfilter.Iptables())
 
 
 def cmd_hook(args, host) -> int:
@@ -55,6 +87,83 @@ def cmd_hook(args, host) -> int:
     if line:
         print(line, flush=True)
     return 0
+
+
+def cmd_sync(args, host) -> int:
+    result = sync.sync(context(host), dry_run=args.dry_run)
+    for line in result.lines(host.pve.node_name(), args.dry_run):
+        print(line)
+    if args.dry_run and result.script:
+        print(result.script, end="")
+    return 1 if result.problems else 0
+
+
+def cmd_list(args, host) -> int:
+    entries = listing.collect(context(host))
+    print(json.dumps(entries, indent=1) if args.json else listing.table(entries))
+    return 0
+
+
+def cmd_check(args, host) -> int:
+    ctx = context(host)
+    if args.notes:
+        with open(args.notes, encoding="utf-8") as f:
+            parsed = spec.parse(args.vmid or 0, f.read(), "")
+        if parsed is None:
+            raise PvenatError("spec", f"{args.notes}: no ```pvenat block")
+        plan = plan_guest(parsed, "qemu", {}, host)
+        print(summary(plan, hostnet.public_ip(host) if host.public_ip == "auto" else
+                      host.public_ip))
+        return 0
+    if args.vmid is None:
+        raise PvenatError("usage", "give a VMID or --notes FILE")
+    plan = hook.load_plan(ctx, args.vmid)
+    if plan is None:
+        print(f"pvenat: {args.vmid}: not managed (no pvenat block in its Notes, no pvenat- tag)")
+        return 0
+    pub = hostnet.public_ip(host)
+    with netfilter.locked(ctx.lock_path):
+        current = ctx.backend.read()
+        script = ruleset.restore_script(current, hook.start_change(ctx, plan, pub)(current))
+    print(summary(plan, pub))
+    print(script, end="" if script else "rules: all in place\n")
+    return 0
+
+
+def cmd_attach(args, host) -> int:
+    ctx = context(host)
+    node = host.pve.node_name()
+    attach = args.command == "attach"
+    for vmid in args.vmids:
+        guest = ctx.api.guest(node, vmid)
+        have = guest.config.get("hookscript")
+        if have not in (None, status.HOOKSCRIPT) and not args.force:
+            raise PvenatError("conflict", f"guest {vmid} has another hookscript ({have}); "
+                              "pvenat leaves it alone unless you add --force")
+        if attach and have != status.HOOKSCRIPT:
+            ctx.api.set_config(node, guest, hookscript=status.HOOKSCRIPT)
+        elif not attach and have is not None:
+            ctx.api.set_config(node, guest, delete="hookscript")
+        else:
+            print(f"pvenat: {vmid}: already {'attached' if attach else 'detached'}")
+            continue
+        running = any(g.vmid == vmid and g.status == "running" for g in ctx.api.guests(node))
+        print(f"pvenat: {vmid}: hookscript {'set to ' + status.HOOKSCRIPT if attach else 'cleared'}"
+              + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
+                 else ""))
+    return 0
+
+
+def cmd_status(args, host) -> int:
+    path = config.config_path(args.config)
+    results = status.checks(context(host), path)
+    if args.json:
+        print(json.dumps([{"check": w, "ok": ok, "detail": d} for w, ok, d in results],
+                         indent=1))
+    else:
+        for what, ok, detail in results:
+            print(f"{'ok  ' if ok else 'FIX '} {what}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
 
 
 def _configure_logging(path: str):

@@ -25,6 +25,8 @@ class PveSettings:
     token_file: str = "/etc/pvenat/token"
     verify_ssl: str = "true"  # true, false, or a CA bundle path
     timeout: int = 10
+    config_source: str = "api"  # api, or files: read the .conf files under config_dir
+    config_dir: str = "/etc/pve"
 
     def node_name(self) -> str:
         return socket.gethostname().split(".")[0] if self.node == "auto" else self.node
@@ -137,6 +139,8 @@ def _convert(key, value):
         return int(text)
     if key == "backend" and text not in ("local", "https"):
         raise ValueError(f"{text!r} is not a backend; use local or https")
+    if key == "config_source" and text not in ("api", "files"):
+        raise ValueError(f"{text!r}: use api or files")
     if key == "verify_ssl" and text not in ("true", "false") and not text.startswith("/"):
         raise ValueError(f"{text!r}: use true, false or the path of a CA bundle")
     return text

@@ -22,10 +22,11 @@ PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
 class Context:
     """What a phase works with; tests and the lab pass their own parts."""
 
-    def __init__(self, host, api, backend, lock_path=netfilter.LOCK_PATH,
+    def __init__(self, host, api, configs, backend, lock_path=netfilter.LOCK_PATH,
                  sysfs="/sys/class/net"):
         self.host = host
-        self.api = api
+        self.api = api  # the PVE API: guest lists, config changes
+        self.configs = configs  # where guest configs are read: the API or /etc/pve files
         self.backend = backend
         self.lock_path = lock_path
         self.sysfs = sysfs
@@ -42,22 +43,30 @@ def run(ctx: Context, vmid: int, phase: str) -> str:
     return ""
 
 
-def pre_start(ctx, vmid):
+def load_plan(ctx, vmid):
+    """The guest's checked plan, or None when pvenat does not manage it."""
     # During a live migration the config still sits on the source node.
     node = os.environ.get("PVE_MIGRATED_FROM") or ctx.host.pve.node_name()
-    guest = ctx.api.guest(node, vmid)
+    guest = ctx.configs.guest(node, vmid)
     parsed = spec.parse(vmid, guest.config.get("description", ""), guest.config.get("tags", ""))
-    if parsed is None:
-        return ""
-    plan = plan_guest(parsed, guest.kind, guest.config, ctx.host)
-    pub = hostnet.public_ip(ctx.host)
+    return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, ctx.host)
 
+
+def start_change(ctx, plan, public_ip):
+    """The change a start makes: refused when another guest holds the ports or address."""
     def change(current):
         check_conflicts(plan, ruleset.held_claims(current), ruleset.guest_addresses(current))
-        return ruleset.with_guest(current, ctx.host, pub, vmid, plan)
+        return ruleset.with_guest(current, ctx.host, public_ip, plan.vmid, plan)
+    return change
 
+
+def pre_start(ctx, vmid):
+    plan = load_plan(ctx, vmid)
+    if plan is None:
+        return ""
+    pub = hostnet.public_ip(ctx.host)
     with netfilter.locked(ctx.lock_path):
-        script = netfilter.update(ctx.backend, change)
+        script = netfilter.update(ctx.backend, start_change(ctx, plan, pub))
     log.info("guest.started", vmid=vmid, address=plan.address, changed=bool(script),
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards])
     return summary(plan, pub)
@@ -66,9 +75,10 @@ def pre_start(ctx, vmid):
 def post_start(ctx, vmid):
     if vmid not in ruleset.managed_guests(ctx.backend.read()):
         return ""
-    ports = hostnet.guest_ports(ctx.host.lan_bridge, vmid, ctx.sysfs)
+    ports = hostnet.guest_ports(ctx.host.lan_bridge, ctx.sysfs).get(vmid, [])
     for port in ports:
-        hostnet.set_hairpin(ctx.host.lan_bridge, port, True, ctx.sysfs)
+        if not hostnet.hairpin_on(ctx.host.lan_bridge, port, ctx.sysfs):
+            hostnet.set_hairpin(ctx.host.lan_bridge, port, ctx.sysfs)
     log.info("guest.hairpin", vmid=vmid, ports=ports)
     return f"pvenat: {vmid}: hairpin on {', '.join(ports)}" if ports else ""
 

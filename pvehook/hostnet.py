@@ -26,17 +26,27 @@ def public_ip(host) -> str:
                       "bring it up or set public_ip in the pvenat config")
 
 
-def guest_ports(bridge: str, vmid: int, sysfs: str = "/sys/class/net") -> list[str]:
-    """The guest's ports on the bridge: tapNiN, vethNiN, or fwprNpN behind the PVE firewall."""
-    pattern = re.compile(rf"(?:tap|veth){vmid}i[0-9]+|fwpr{vmid}p[0-9]+")
+def guest_ports(bridge: str, sysfs: str = "/sys/class/net") -> dict[int, list[str]]:
+    """Guests' ports on the bridge by VMID: tapNiN, vethNiN, or fwprNpN (PVE firewall)."""
+    pattern = re.compile(r"(?:tap|veth)([0-9]+)i[0-9]+|fwpr([0-9]+)p[0-9]+")
     try:
-        names = os.listdir(f"{sysfs}/{bridge}/brif")
+        names = sorted(os.listdir(f"{sysfs}/{bridge}/brif"))
     except FileNotFoundError:
-        return []
-    return sorted(n for n in names if pattern.fullmatch(n))
+        return {}
+    out: dict[int, list[str]] = {}
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m:
+            out.setdefault(int(m.group(1) or m.group(2)), []).append(name)
+    return out
 
 
-def set_hairpin(bridge: str, port: str, on: bool = True, sysfs: str = "/sys/class/net"):
+def hairpin_on(bridge: str, port: str, sysfs: str = "/sys/class/net") -> bool:
+    with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode") as f:
+        return f.read().strip() == "1"
+
+
+def set_hairpin(bridge: str, port: str, sysfs: str = "/sys/class/net"):
     """Let the bridge send a frame back out of the port it came in on (guest to itself)."""
     with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode", "w") as f:
-        f.write("1" if on else "0")
+        f.write("1")

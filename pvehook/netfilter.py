@@ -35,6 +35,15 @@ class Iptables:
     def read(self) -> ruleset.Tables:
         return {t: ruleset.parse_save(self._run([self.save, "-t", t])) for t in ruleset.TABLES}
 
+    def counters(self) -> dict:
+        """Packets matched by each of pvenat's nat rules: {(chain, rule spec): packets}."""
+        out = {}
+        for line in self._run([self.save, "-c", "-t", "nat"]).splitlines():
+            if line.startswith("[") and " -A " + ruleset.PREFIX in line:
+                count, _, chain, spec = line.split(" ", 3)
+                out[(chain, spec)] = int(count[1:].split(":")[0])
+        return out
+
     def apply(self, script: str):
         self._run([self.restore, "--noflush", "--wait", str(self.wait_seconds)], script)
 

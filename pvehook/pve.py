@@ -21,6 +21,14 @@ class Guest:
     config: dict
 
 
+@dataclass(frozen=True)
+class GuestInfo:
+    vmid: int
+    kind: str
+    name: str
+    status: str  # running, stopped, ...
+
+
 class PveApi:
     def __init__(self, settings: PveSettings):
         self.settings = settings
@@ -31,14 +39,19 @@ class PveApi:
             self._api = connect(self.settings)
         return self._api
 
+    def _call(self, method: str, path: str, **params):
+        client = self._client()
+        with deadline(self.settings.timeout):
+            return getattr(client(path), method)(**params)
+
     def guest(self, node: str, vmid: int) -> Guest:
         """The guest's current config, trying QEMU then LXC (the hook is told neither)."""
-        client = self._client()
         for kind in KINDS:
             path = f"nodes/{node}/{kind}/{vmid}/config"
             try:
-                with deadline(self.settings.timeout):
-                    config = client.get(path)
+                config = self._call("get", path)
+            except PvenatError:
+                raise
             except Exception as e:  # proxmoxer raises backend-specific types
                 if "does not exist" in str(e):
                     continue
@@ -50,6 +63,29 @@ class PveApi:
             return Guest(vmid, kind, config)
         raise PvenatError("pve", f"guest {vmid}: no QEMU or LXC config on node {node}; is the "
                           "VMID right, and does pve.node name this node?")
+
+    def guests(self, node: str) -> list[GuestInfo]:
+        """Every QEMU and LXC guest on the node, with its status."""
+        out = []
+        for kind in KINDS:
+            try:
+                items = self._call("get", f"nodes/{node}/{kind}")
+                out += [GuestInfo(int(i["vmid"]), kind, str(i.get("name", "")),
+                                  str(i.get("status", "unknown"))) for i in items]
+            except PvenatError:
+                raise
+            except Exception as e:
+                raise api_error(f"cannot list the {kind} guests of node {node}", e) from None
+        return sorted(out, key=lambda g: g.vmid)
+
+    def set_config(self, node: str, guest: Guest, **options):
+        path = f"nodes/{node}/{guest.kind}/{guest.vmid}/config"
+        try:
+            self._call("put", path, **options)
+        except PvenatError:
+            raise
+        except Exception as e:
+            raise api_error(f"guest {guest.vmid}: cannot change /{path}", e) from None
 
 
 class ApiTimeout(Exception):

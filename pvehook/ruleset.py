@@ -165,7 +165,7 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan) -> Tables
     if plan is not None:
         for table, wanted in base(host, public_ip).items():
             tables[table].chains.update(wanted.chains)
-            tables[table].jumps = _merge_jumps(tables[table].jumps, wanted.jumps)
+            tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
         nat.chains[guest_chain(vmid)] = guest_rules(plan)
         held += [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
     if held or DNAT in nat.chains:
@@ -173,7 +173,7 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan) -> Tables
     return tables
 
 
-def _merge_jumps(have, want):
+def merge_jumps(have, want):
     """The wanted jumps, keeping the position of those already there."""
     kept = [j for j in have if j in want]
     return kept + [j for j in want if j not in kept]

@@ -31,10 +31,15 @@ class Forward:
     allow: tuple[str, ...] = ()  # source networks; empty means anyone
     origin: str = ""  # where it was written, for messages: "Notes line 4", "tag pvenat-80"
 
-    def describe(self) -> str:
+    def ports(self) -> str:
         pub = format_range(*self.public)
-        text = pub if self.guest == self.public else f"{pub}->{format_range(*self.guest)}"
-        return text + (f" from {','.join(self.allow)}" if self.allow else "")
+        return pub if self.guest == self.public else f"{pub}->{format_range(*self.guest)}"
+
+    def sources(self) -> list[str]:
+        return [a.removesuffix("/32") for a in self.allow]
+
+    def describe(self) -> str:
+        return self.ports() + (f" from {','.join(self.sources())}" if self.allow else "")
 
 
 @dataclass(frozen=True)

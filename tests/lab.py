@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepve"))
+import api  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKEPVE = os.path.join(REPO, "tests", "fakepve")
 PUBLIC_IP = "203.0.113.10"
@@ -33,7 +36,8 @@ def sh(*argv, check=True, input=None):
 
 
 class Lab:
-    def __init__(self, guests, br_netfilter=True, backend="https", python=sys.executable):
+    def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
+                 python=sys.executable):
         """``guests``: {vmid: {kind, config, node?, address?, serve?}}.
 
         A guest with an address gets a namespace on vmbr1 answering on ``serve``
@@ -45,12 +49,14 @@ class Lab:
         self.guests = guests
         self.python = python
         self.backend = backend
+        self.config_source = config_source
         self.namespaces = []
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
         self.fixture = os.path.join(self.dir, "pve.json")
         self.config = os.path.join(self.dir, "pvenat.yaml")
         self.log = os.path.join(self.dir, "pvenat.log")
+        self.etc_pve = os.path.join(self.dir, "etc-pve")
         try:
             self._build(br_netfilter)
         except BaseException:
@@ -135,6 +141,18 @@ class Lab:
                    "config": g["config"]} for vmid, g in self.guests.items()]
         with open(self.fixture, "w") as f:
             json.dump({"guests": guests, "fault": fault}, f)
+        shutil.rmtree(self.etc_pve, ignore_errors=True)
+        for g in guests:
+            path = os.path.join(self.etc_pve, api.conf_path(g))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(api.render_conf(g["config"], snapshot={"description": "old%0Anotes",
+                                                                "tags": "pvenat-10001"}))
+
+    def fixture_config(self, vmid):
+        """The guest's config as the fake API holds it now (after PUTs)."""
+        with open(self.fixture) as f:
+            return next(g["config"] for g in json.load(f)["guests"] if g["vmid"] == vmid)
 
     def set_config(self, vmid, **changes):
         self.guests[vmid]["config"].update(changes)
@@ -143,9 +161,10 @@ class Lab:
     def write_config(self, extra=""):
         with open(os.path.join(self.dir, "token"), "w") as f:
             f.write(TOKEN.split("=", 1)[1])
-        pve = ("{backend: local, node: pve1}" if self.backend == "local" else
+        pve = ("{backend: local, node: pve1" if self.backend == "local" else
                f"{{backend: https, node: pve1, host: 127.0.0.1, port: 8006, "
-               f"token_file: {self.dir}/token, verify_ssl: {self.dir}/api.pem}}")
+               f"token_file: {self.dir}/token, verify_ssl: {self.dir}/api.pem") + \
+            f", config_source: {self.config_source}, config_dir: {self.etc_pve}}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
                     f"lan_address: 172.22.161.254/24\nlog_file: {self.log}\npve: {pve}\n"

@@ -83,7 +83,7 @@ def test_forwards_end_to_end(lab):
 
     assert ok(lab.hook(101, "pre-start")) == (
         "pvenat: 101 -> 172.22.161.170 via 203.0.113.10: tcp+udp 10000-10099, "
-        "tcp 12222->22, tcp+udp 13389->3389 from 198.51.100.0/24,192.0.2.7/32, "
+        "tcp 12222->22, tcp+udp 13389->3389 from 198.51.100.0/24,192.0.2.7, "
         "tcp 18000-18009->9000-9009")
     assert ok(lab.hook(101, "post-start")) == "pvenat: 101: hairpin on tap101i0"
     hairpin = lab.sh_host("cat", "/sys/class/net/vmbr1/brif/tap101i0/hairpin_mode")

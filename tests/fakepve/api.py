@@ -33,9 +33,25 @@ def fixture(path, write=False):
             json.dump(data, f, indent=1)
 
 
-def _conf_path(guest):
+def conf_path(guest):
+    """Where pmxcfs keeps the guest's config, under /etc/pve."""
     folder = "qemu-server" if guest["type"] == "qemu" else "lxc"
     return f"nodes/{guest['node']}/{folder}/{guest['vmid']}.conf"
+
+
+def render_conf(config: dict, snapshot: dict | None = None) -> str:
+    """A .conf as PVE writes it: Notes as percent-encoded # lines, then keys, then
+    snapshot sections (which hold older configs and must not be read as current)."""
+    def encode(text):
+        return "".join(c if c.isascii() and (c.isalnum() or c in " -_.,/=+*!?()[]{}<>'\"`~^|;@&$") else
+                       "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+    lines = [f"#{encode(line)}" for line in config.get("description", "").split("\n")] \
+        if config.get("description") else []
+    lines += [f"{k}: {v}" for k, v in sorted(config.items()) if k != "description"]
+    if snapshot:
+        lines += ["", "[before-upgrade]"] + [f"{k}: {v}" for k, v in snapshot.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _find(data, node, kind, vmid):

@@ -1,0 +1,73 @@
+"""pvenat list: every managed guest's forwards, and whether the kernel has them."""
+
+from . import ruleset, spec
+from .errors import PvenatError
+from .plan import GuestPlan, plan_guest
+
+COLUMNS = ("VMID", "NAME", "TYPE", "STATUS", "ADDRESS", "FORWARD", "PROTO", "ALLOW", "LIVE",
+           "PACKETS")
+
+
+def collect(ctx) -> list[dict]:
+    """One entry per guest that has a pvenat spec or pvenat rules, in VMID order.
+
+    A forward is live "yes" when all its rules are in the kernel, "missing" when a
+    running guest lacks them; a rule in the kernel that the spec no longer describes is
+    listed as "stale" (``pvenat sync`` fixes both).
+    """
+    node = ctx.host.pve.node_name()
+    current = ctx.backend.read()
+    counters = ctx.backend.counters()
+    out = []
+    for info in ctx.api.guests(node):
+        chain = ruleset.guest_chain(info.vmid)
+        live = current["nat"].chains.get(chain)
+        entry = {"vmid": info.vmid, "name": info.name, "type": info.kind,
+                 "status": info.status, "address": None, "forwards": [], "error": None}
+        try:
+            guest = ctx.configs.guest(node, info.vmid)
+            parsed = spec.parse(info.vmid, guest.config.get("description", ""),
+                                guest.config.get("tags", ""))
+            if parsed is None and live is None:
+                continue
+            plan = parsed and plan_guest(parsed, guest.kind, guest.config, ctx.host)
+        except PvenatError as e:
+            entry["error"] = e.message
+            plan = None
+        planned = set()
+        if plan:
+            entry["address"] = plan.address
+            for f in plan.forwards:
+                rules = ruleset.guest_rules(GuestPlan(plan.vmid, plan.address, (f,)))
+                planned.update(rules)
+                state = "yes" if live and all(r in live for r in rules) else (
+                    "missing" if info.status == "running" else "-")
+                entry["forwards"].append({
+                    "forward": f.ports(), "proto": f.proto, "allow": f.sources(), "live": state,
+                    "packets": sum(counters.get((chain, r), 0) for r in rules)})
+        for rule in live or ():
+            if rule not in planned:
+                entry["forwards"].append({"forward": rule, "proto": "",
+                                          "allow": [], "live": "stale",
+                                          "packets": counters.get((chain, rule), 0)})
+        out.append(entry)
+    return out
+
+
+def table(entries) -> str:
+    """Columns in the style of qm list; an error runs on past the columns."""
+    rows, errors = [COLUMNS], {}
+    for e in entries:
+        head = (str(e["vmid"]), e["name"], e["type"], e["status"], e["address"] or "-")
+        if e["error"]:
+            errors[len(rows)] = f"ERROR: {e['error']}"
+            rows.append(head + ("",) * 5)
+        for f in e["forwards"]:
+            rows.append(head + (f["forward"], f["proto"] or "-",
+                                ",".join(f["allow"]) or "-", f["live"], str(f["packets"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = row[:5] + (errors[n],) if n in errors else row
+        lines.append(" ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(lines)

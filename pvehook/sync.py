@@ -1,0 +1,133 @@
+"""pvenat sync: make this node's kernel match what PVE says, for every guest at once.
+
+Run at boot, by a timer every minute and by hand. It catches what hooks alone miss:
+Notes edited while a guest runs, a live migration's source (which gets no post-stop),
+chains someone flushed, bridge ports that lost their hairpin flag.
+"""
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import hostnet, netfilter, ruleset, spec
+from .errors import PvenatError
+from .plan import check_conflicts, plan_guest
+
+log = structlog.get_logger("pvenat.sync")
+
+
+@dataclass
+class SyncResult:
+    script: str = ""
+    forwarded: list = field(default_factory=list)  # VMIDs with rules after the sync
+    added: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    problems: dict = field(default_factory=dict)  # VMID -> message
+    hairpin: list = field(default_factory=list)  # ports turned on
+
+    def lines(self, node: str, dry_run: bool) -> list[str]:
+        would = "would be " if dry_run else ""
+        out = []
+        for vmid, message in sorted(self.problems.items()):
+            out.append(f"pvenat sync: guest {vmid} left as it was: {message}")
+        changes = [f"{what} {', '.join(map(str, vmids))}" for what, vmids in (
+            (f"{would}added", self.added), (f"{would}updated", self.updated),
+            (f"{would}removed (not running on {node})", self.removed)) if vmids]
+        if self.script and not changes:
+            changes = [f"base rules {would}repaired"]
+        if self.hairpin:
+            changes.append(f"hairpin {would}turned on for {', '.join(self.hairpin)}")
+        count = f"{len(self.forwarded)} guests forwarded"
+        out.append(f"pvenat sync: {count}; {'; '.join(changes)}" if changes
+                   else f"pvenat sync: nothing to change ({count})")
+        return out
+
+
+def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResult):
+    """The wanted tables: ``plans`` for guests running here, ``keep`` guests as they are.
+
+    Guests already in the kernel keep their ports first, so a guest edited into a
+    conflict loses, not the one that was there. A guest whose plan is refused keeps its
+    current rules. Anything else of pvenat's (guests not running here) goes.
+    """
+    wanted = ruleset.base(host, public_ip)
+    nat = wanted["nat"]
+    live = ruleset.managed_guests(current)
+    held = ruleset.held_claims(current)
+    addresses = ruleset.guest_addresses(current)
+    claims, owners = [], {}
+
+    def keep_current(vmid):
+        if vmid in live:
+            nat.chains[ruleset.guest_chain(vmid)] = current["nat"].chains[
+                ruleset.guest_chain(vmid)]
+            claims.extend(c for c in held if c.vmid == vmid)
+            owners.update({a: v for a, v in addresses.items() if v == vmid})
+
+    for vmid in sorted(keep):
+        keep_current(vmid)
+    for vmid in sorted(plans, key=lambda v: (v not in live, v)):
+        plan = plans[vmid]
+        try:
+            check_conflicts(plan, claims, owners)
+        except PvenatError as e:
+            result.problems[vmid] = e.message
+            keep_current(vmid)
+            continue
+        nat.chains[ruleset.guest_chain(vmid)] = ruleset.guest_rules(plan)
+        claims.extend(ruleset.Claim(f.proto, *f.public, vmid) for f in plan.forwards)
+        owners[plan.address] = vmid
+    nat.chains.update(ruleset.dispatch(claims))
+    for table in ruleset.TABLES:  # keep jumps that are already right where they are
+        wanted[table].jumps = ruleset.merge_jumps(current[table].jumps, wanted[table].jumps)
+
+    now = ruleset.managed_guests(wanted)
+    result.forwarded = sorted(now)
+    result.added = sorted(now - live)
+    result.removed = sorted(live - now)
+    result.updated = sorted(v for v in now & live if nat.chains[ruleset.guest_chain(v)]
+                            != current["nat"].chains[ruleset.guest_chain(v)])
+    return wanted
+
+
+def sync(ctx, dry_run: bool = False) -> SyncResult:
+    host = ctx.host
+    node = host.pve.node_name()
+    result = SyncResult()
+    plans, keep = {}, set()
+    for info in ctx.api.guests(node):
+        if info.status != "running":
+            continue
+        try:
+            guest = ctx.configs.guest(node, info.vmid)
+            parsed = spec.parse(info.vmid, guest.config.get("description", ""),
+                                guest.config.get("tags", ""))
+            if parsed is not None:
+                plans[info.vmid] = plan_guest(parsed, guest.kind, guest.config, host)
+        except PvenatError as e:
+            result.problems[info.vmid] = e.message
+            keep.add(info.vmid)
+    pub = hostnet.public_ip(host)
+
+    def change(current):
+        result.problems = {v: m for v, m in result.problems.items() if v in keep}
+        return reconcile(current, host, pub, plans, keep, result)
+
+    with netfilter.locked(ctx.lock_path):
+        if dry_run:
+            current = ctx.backend.read()
+            result.script = ruleset.restore_script(current, change(current))
+        else:
+            result.script = netfilter.update(ctx.backend, change)
+        ports = hostnet.guest_ports(host.lan_bridge, ctx.sysfs)
+        for vmid in result.forwarded:
+            for port in ports.get(vmid, []):
+                if not hostnet.hairpin_on(host.lan_bridge, port, ctx.sysfs):
+                    if not dry_run:
+                        hostnet.set_hairpin(host.lan_bridge, port, ctx.sysfs)
+                    result.hairpin.append(port)
+    log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
+             removed=result.removed, problems=sorted(result.problems),
+             changed=bool(result.script))
+    return result

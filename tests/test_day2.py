@@ -1,0 +1,201 @@
+"""Day-2 commands in the namespace lab: sync, list, check, attach, detach, status."""
+
+import json
+import os
+
+import pytest
+
+from lab import PEER_IP, PUBLIC_IP, Lab
+
+NOTES = "```pvenat\nforwards:\n  - 12222:22\n  - 10000-10009/both\n```\n"
+
+
+def guests():
+    return {
+        101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:22", "tcp:10000",
+                                                                      "udp:10000"],
+              "config": {"description": NOTES, "hookscript": "local:snippets/pvenat.py",
+                         "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1",
+                         "ipconfig0": "ip=172.22.161.170/24,gw=172.22.161.254"}},
+        102: {"kind": "lxc", "address": "172.22.161.171", "serve": ["tcp:11000"],
+              "config": {"tags": "pvenat-11000", "hookscript": "local:snippets/pvenat.py",
+                         "net0": "name=eth0,bridge=vmbr1,ip=172.22.161.171/24"}},
+        103: {"kind": "qemu", "status": "stopped",
+              "config": {"net0": "virtio=X,bridge=vmbr1", "tags": "pvenat-13000"}},
+        104: {"kind": "qemu", "config": {"net0": "virtio=X,bridge=vmbr1",
+                                         "description": "```pvenat\nforwards: [14000]\n```"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
+    lab = Lab(guests(), config_source="files")
+    try:
+        # someone else's rules, which pvenat must never touch
+        lab.iptables("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j",
+                     "REDIRECT", "--to-ports", "80")
+        lab.iptables("-t", "filter", "-N", "ADMIN")
+        lab.iptables("-t", "filter", "-A", "FORWARD", "-j", "ADMIN")
+        yield lab
+    finally:
+        lab.close()
+
+
+def settle(lab):
+    """The state the scenario reaches in its first test, for tests run on their own."""
+    lab.set_config(101, description=NOTES.replace("12222:22", "12223:22"))
+    lab.set_config(104, description="```pvenat\nip: 172.22.161.174\nforwards: [14000]\n```")
+    run(lab, "sync")
+
+
+def run(lab, *args, rc=0):
+    result = lab.pvenat(*args)
+    assert result.returncode == rc, result.stdout + result.stderr
+    return result.stdout
+
+
+def foreign(lab):
+    return [line for line in lab.iptables_save().splitlines() if "PVENAT" not in line]
+
+
+def test_sync_reconciles_edits_migrations_and_flushes(lab):
+    theirs = foreign(lab)
+    # 104 runs but has no address: it is reported and left alone, the others go live
+    out = run(lab, "sync", rc=1)
+    assert "guest 104 left as it was: guest 104: no address to forward to" in out
+    assert "pvenat sync: 2 guests forwarded; added 101, 102; hairpin turned on for " \
+        "tap101i0, veth102i0" in out
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    lab.set_config(104, description="```pvenat\nip: 172.22.161.174\nforwards: [14000]\n```")
+    assert run(lab, "sync") == "pvenat sync: 3 guests forwarded; added 104\n"
+    settled = lab.iptables_save()
+    assert run(lab, "sync") == "pvenat sync: nothing to change (3 guests forwarded)\n"
+    assert lab.iptables_save() == settled
+
+    # Notes edited while the guest runs: the new forward works, the old one is gone
+    lab.set_config(101, description=NOTES.replace("12222:22", "12223:22"))
+    assert "would be updated 101" in run(lab, "sync", "--dry-run")
+    assert lab.iptables_save() == settled  # a dry run changes nothing
+    assert run(lab, "sync") == "pvenat sync: 3 guests forwarded; updated 101\n"
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == f"g101 {PEER_IP}"
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == "refused"
+
+    # a live migration moved 102 away: this node got no post-stop
+    lab.guests[102]["node"] = "pve2"
+    lab.write_fixture()
+    assert run(lab, "sync") == \
+        "pvenat sync: 2 guests forwarded; removed (not running on pve1) 102\n"
+    assert "PVENAT-102" not in lab.iptables_save()
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 11000) == "refused"
+    lab.guests[102]["node"] = "pve1"
+    lab.write_fixture()
+    run(lab, "sync")
+
+    # someone flushed pvenat's chains and a hairpin flag
+    lab.iptables("-t", "nat", "-F", "PVENAT-DNAT")
+    lab.iptables("-t", "nat", "-F", "PVENAT-101")
+    lab.sh_host("sh", "-c", "echo 0 > /sys/class/net/vmbr1/brif/tap101i0/hairpin_mode")
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == "refused"
+    assert run(lab, "sync") == ("pvenat sync: 3 guests forwarded; updated 101; "
+                                "hairpin turned on for tap101i0\n")
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == f"g101 {PEER_IP}"
+    assert lab.probe(lab.inet, "udp", PUBLIC_IP, 10005) in ("timeout", f"g101 {PEER_IP}")
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
+    assert lab.probe(lab.ns(101), "tcp", PUBLIC_IP, 12223) == "g101 172.22.161.254"
+    assert foreign(lab) == theirs
+
+
+def test_sync_keeps_a_guest_whose_notes_broke(lab):
+    settle(lab)
+    before = lab.iptables_save()
+    lab.set_config(102, tags="pvenat-11000-10000")
+    out = run(lab, "sync", rc=1)
+    assert "guest 102 left as it was: guest 102: tag 'pvenat-11000-10000' is reversed" in out
+    assert lab.iptables_save() == before
+    lab.set_config(102, tags="pvenat-11000")
+
+
+def test_list(lab):
+    settle(lab)
+    lab.iptables("-t", "nat", "-Z")
+    lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223)
+    lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223)
+    lab.iptables("-t", "nat", "-A", "PVENAT-104", "-p", "tcp", "-m", "tcp", "--dport",
+                 "14001", "-j", "DNAT", "--to-destination", "172.22.161.174")
+    assert run(lab, "list") == """\
+VMID NAME     TYPE STATUS  ADDRESS        FORWARD                                                             PROTO ALLOW LIVE  PACKETS
+101  guest101 qemu running 172.22.161.170 10000-10009                                                         tcp   -     yes   0
+101  guest101 qemu running 172.22.161.170 12223->22                                                           tcp   -     yes   2
+101  guest101 qemu running 172.22.161.170 10000-10009                                                         udp   -     yes   0
+102  guest102 lxc  running 172.22.161.171 11000                                                               tcp   -     yes   0
+102  guest102 lxc  running 172.22.161.171 11000                                                               udp   -     yes   0
+103  guest103 qemu stopped -              ERROR: guest 103: no address to forward to: its NIC on vmbr1 has no static IPv4; add 'ip: ADDRESS' to its pvenat block or set a static address on the NIC
+104  guest104 qemu running 172.22.161.174 14000                                                               tcp   -     yes   0
+104  guest104 qemu running 172.22.161.174 -p tcp -m tcp --dport 14001 -j DNAT --to-destination 172.22.161.174 -     -     stale 0
+"""
+    entries = json.loads(run(lab, "list", "--json"))
+    assert entries[0]["forwards"][1] == {"forward": "12223->22", "proto": "tcp", "allow": [],
+                                         "live": "yes", "packets": 2}
+    assert run(lab, "sync") == "pvenat sync: 3 guests forwarded; updated 104\n"
+    assert "PVENAT-104 -p tcp -m tcp --dport 14001" not in lab.iptables_save()
+
+
+def test_check(lab):
+    settle(lab)
+    out = run(lab, "check", "101")
+    assert out == ("pvenat: 101 -> 172.22.161.170 via 203.0.113.10: tcp+udp 10000-10009, "
+                   "tcp 12223->22\nrules: all in place\n")
+    lab.set_config(103, description="```pvenat\nip: 172.22.161.173\nforwards: [13001]\n```")
+    out = run(lab, "check", "103")
+    assert out.splitlines()[0] == ("pvenat: 103 -> 172.22.161.173 via 203.0.113.10: "
+                                   "tcp+udp 13000, tcp 13001")
+    assert "-A PVENAT-103 -p tcp -m tcp --dport 13001 -j DNAT --to-destination " \
+        "172.22.161.173" in out
+    assert "PVENAT-103" not in lab.iptables_save()  # check applies nothing
+    lab.set_config(103, tags="pvenat-11000")
+    result = lab.pvenat("check", "103")
+    assert result.returncode == 1
+    assert "tcp public port 11000 is already forwarded to guest 102" in result.stderr
+    notes = os.path.join(lab.dir, "notes.md")
+    with open(notes, "w") as f:
+        f.write("```pvenat\nip: 172.22.161.180\nforwards: [15000-15009/udp]\n```\n")
+    assert run(lab, "check", "--notes", notes) == \
+        "pvenat: 0 -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n"
+    with open(notes, "w") as f:
+        f.write("```pvenat\nforwards: [15000-15009/udp]\n```\n")
+    assert "no address to forward to" in lab.pvenat("check", "--notes", notes).stderr
+
+
+def test_attach_and_detach_through_the_api(lab):
+    assert run(lab, "attach", "103") == "pvenat: 103: hookscript set to local:snippets/pvenat.py\n"
+    assert lab.fixture_config(103)["hookscript"] == "local:snippets/pvenat.py"
+    assert run(lab, "attach", "103") == "pvenat: 103: already attached\n"
+    assert run(lab, "detach", "103") == "pvenat: 103: hookscript cleared\n"
+    assert "hookscript" not in lab.fixture_config(103)
+    lab.set_config(104, hookscript="local:snippets/backup.sh")
+    result = lab.pvenat("attach", "104")
+    assert result.returncode == 1 and "another hookscript (local:snippets/backup.sh)" in \
+        result.stderr
+    assert run(lab, "attach", "--force", "104") == (
+        "pvenat: 104: hookscript set to local:snippets/pvenat.py; it is running: restart "
+        "it, or run 'pvenat sync' to apply now\n")
+
+
+def test_status(lab):
+    settle(lab)
+    result = lab.pvenat("status")
+    assert result.returncode == 1  # the hookscript snippet is not installed in the lab
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"ok   config: {lab.config}"
+    assert lines[1] == "FIX  hookscript: /var/lib/vz/snippets/pvenat.py missing; run " \
+        "'pvenat install'"
+    assert "ok   bridge: vmbr1 up" in lines
+    assert "ok   forwarding: net.ipv4.ip_forward=1" in lines
+    assert "ok   rules: SNAT, hairpin and jumps in place" in lines
+    lab.iptables("-t", "nat", "-F", "PVENAT-POSTROUTING")
+    checks = {c["check"]: c for c in json.loads(lab.pvenat("status", "--json").stdout)}
+    assert checks["rules"]["ok"] is False
+    run(lab, "sync")
+    assert checks["guests without the hookscript"]["detail"].startswith("103")

@@ -1,0 +1,62 @@
+"""Guest configs read from /etc/pve files: the same data as the API, real file format."""
+
+import pytest
+
+from pvehook.errors import PvenatError
+from pvehook.pveconf import ConfigFiles, parse_conf
+
+REAL = """#Shop web server%3A %C3%BCber alles
+#
+#```pvenat
+#forwards%3A
+#  - 12222%3A22
+#```
+boot: order=scsi0;net0
+cores: 2
+ipconfig0: ip=172.22.161.170/24,gw=172.22.161.254
+net0: virtio=BC:24:11:5E:7A:01,bridge=vmbr1,firewall=1
+parent: before-upgrade
+tags: pvenat-10000;web
+
+[before-upgrade]
+#old notes
+net0: virtio=BC:24:11:5E:7A:01,bridge=vmbr0
+snaptime: 1732000000
+tags: pvenat-9999
+
+[PENDING]
+tags: pvenat-11111
+"""
+
+
+def test_real_format():
+    config = parse_conf(REAL)
+    assert config["description"] == (
+        "Shop web server: über alles\n\n```pvenat\nforwards:\n  - 12222:22\n```")
+    assert config["tags"] == "pvenat-10000;web"
+    assert config["net0"] == "virtio=BC:24:11:5E:7A:01,bridge=vmbr1,firewall=1"
+    assert "snaptime" not in config
+
+
+def test_old_single_line_description():
+    assert parse_conf("description: a%0Ab\nname: x\n")["description"] == "a\nb"
+
+
+def test_finds_qemu_then_lxc(tmp_path):
+    (tmp_path / "nodes/pve1/qemu-server").mkdir(parents=True)
+    (tmp_path / "nodes/pve1/lxc").mkdir(parents=True)
+    (tmp_path / "nodes/pve1/qemu-server/101.conf").write_text(REAL)
+    (tmp_path / "nodes/pve1/lxc/102.conf").write_text("net0: name=eth0,bridge=vmbr1\n")
+    files = ConfigFiles(str(tmp_path))
+    assert files.guest("pve1", 101).kind == "qemu"
+    assert files.guest("pve1", 102).config == {"net0": "name=eth0,bridge=vmbr1"}
+    with pytest.raises(PvenatError, match="guest 103: no QEMU or LXC config on node pve1"):
+        files.guest("pve1", 103)
+
+
+def test_files_and_api_give_the_same_config():
+    from test_lab import guests
+
+    from api import render_conf
+    for g in guests().values():
+        assert parse_conf(render_conf(g["config"], snapshot={"tags": "x"})) == g["config"]
