@@ -59,4 +59,7 @@ def test_files_and_api_give_the_same_config():
 
     from api import render_conf
     for g in guests().values():
-        assert parse_conf(render_conf(g["config"], snapshot={"tags": "x"})) == g["config"]
+        want = dict(g["config"])
+        if "description" in want:  # PVE drops trailing white space when it parses
+            want["description"] = want["description"].rstrip()
+        assert parse_conf(render_conf(g["config"], snapshot={"tags": "x"})) == want

@@ -104,8 +104,10 @@ def handle(path, method="GET", params=None):
             return _summary(_find(data, node, kind, vmid))
     if rest == "/config" and method == "GET":
         with fixture(fixture_path) as data:
-            return dict(_find(data, node, kind, vmid)["config"],
-                        digest="0" * 40)
+            config = dict(_find(data, node, kind, vmid)["config"], digest="0" * 40)
+            if "description" in config:  # PVE drops trailing white space when it parses
+                config["description"] = config["description"].rstrip()
+            return config
     if rest == "/config" and method == "PUT":
         with fixture(fixture_path, write=True) as data:
             config = _find(data, node, kind, vmid)["config"]
