@@ -4,9 +4,8 @@ import argparse
 import json
 import sys
 
-import structlog
-
-from . import __version__, config, hook, hostnet, listing, netfilter, ruleset, spec, status, sync
+from . import (__version__, config, hook, hostnet, listing, logs, netfilter, ruleset, spec,
+               status, sync)
 from .errors import PvenatError
 from .plan import plan_guest, summary
 from .pve import PveApi
@@ -17,7 +16,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         host = config.load(config.config_path(args.config))
-        _configure_logging(host.log_file)
+        logs.configure(host.log_file)
         return args.func(args, host)
     except PvenatError as e:
         print(f"pvenat: error: {e.message}", file=sys.stderr)
@@ -164,20 +163,6 @@ def cmd_status(args, host) -> int:
         for what, ok, detail in results:
             print(f"{'ok  ' if ok else 'FIX '} {what}: {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
-
-
-def _configure_logging(path: str):
-    """JSON lines to the log file: one event per change, for the admin and for tools."""
-    try:
-        out = open(path, "a", encoding="utf-8")
-    except OSError:
-        out = sys.stderr
-    structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=True)
 
 
 if __name__ == "__main__":

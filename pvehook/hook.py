@@ -9,13 +9,11 @@ post-stop   remove the guest's rules; never fails the stop, needs no API.
 
 import os
 
-import structlog
-
-from . import hostnet, netfilter, ruleset, spec
+from . import hostnet, logs, netfilter, ruleset, spec
 from .errors import PvenatError
 from .plan import check_conflicts, plan_guest, summary
 
-log = structlog.get_logger("pvenat.hook")
+log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
 
 

@@ -13,12 +13,10 @@ import subprocess
 import time
 from contextlib import contextmanager
 
-import structlog
-
-from . import ruleset
+from . import logs, ruleset
 from .errors import PvenatError
 
-log = structlog.get_logger("pvenat.netfilter")
+log = logs.get_logger("pvenat.netfilter")
 LOCK_PATH = "/run/lock/pvenat.lock"
 _RETRIES = 5  # a commit can fail with EAGAIN when a tool that takes no lock raced us
 

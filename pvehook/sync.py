@@ -7,13 +7,11 @@ chains someone flushed, bridge ports that lost their hairpin flag.
 
 from dataclasses import dataclass, field
 
-import structlog
-
-from . import hostnet, netfilter, ruleset, spec
+from . import hostnet, logs, netfilter, ruleset, spec
 from .errors import PvenatError
 from .plan import check_conflicts, plan_guest
 
-log = structlog.get_logger("pvenat.sync")
+log = logs.get_logger("pvenat.sync")
 
 
 @dataclass
