@@ -9,7 +9,7 @@ APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3
 	python3-hypothesis
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
 
-.PHONY: test test-debian test-pypi deps
+.PHONY: test test-debian test-pypi deps bench
 
 test: deps test-debian test-pypi
 
@@ -28,3 +28,8 @@ deps:
 		$(APT_PACKAGES) >/dev/null; }
 	test -x $(VENV)/bin/python || $(PY_DEBIAN) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade $(PYPI_PACKAGES)
+
+# Benchmarks (issue: 1,000 guests on one node): figures on both library sets.
+bench: deps
+	$(PY_DEBIAN) bench/bench.py
+	$(VENV)/bin/python bench/bench.py

@@ -8,12 +8,12 @@ from . import (__version__, config, hook, hostnet, listing, logs, netfilter, rul
                status, sync)
 from .errors import PvenatError
 from .plan import plan_guest, summary
-from .pve import PveApi
-from .pveconf import ConfigFiles
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "hook":
+        return hook.main(args.vmid, args.phase, args.config)
     try:
         host = config.load(config.config_path(args.config))
         logs.configure(host.log_file)
@@ -39,10 +39,11 @@ def _parser():
         c.set_defaults(func=func)
         return c
 
-    c = command("hook", cmd_hook, "run one guest hook phase, exactly as the hookscript does",
+    c = command("hook", None, "run one guest hook phase, exactly as the hookscript does",
                 "pvenat hook 101 pre-start")
     c.add_argument("vmid", type=int)
     c.add_argument("phase", choices=hook.PHASES)
+    c.set_defaults(func=None)
     c = command("sync", cmd_sync, "make this node's rules match every running guest's Notes "
                 "and tags; remove rules of guests not running here", "pvenat sync --dry-run")
     c.add_argument("--dry-run", action="store_true", help="print what would change")
@@ -69,23 +70,7 @@ EXIT_CODES = """exit codes: 0 done, or all is well; 1 refused, failed, or (statu
 something needs attention; 2 bad command line."""
 
 
-def context(host) -> hook.Context:
-    api = PveApi(host.pve)
-    configs = ConfigFiles(host.pve.config_dir) if host.pve.config_source == "files" else api
-    return hook.Context(host, api, configs, netfilter.Iptables())
-
-
-def cmd_hook(args, host) -> int:
-    try:
-        line = hook.run(context(host), args.vmid, args.phase)
-    except PvenatError as e:
-        if args.phase == "post-stop":  # a failing post-stop would only be a warning anyway
-            print(f"pvenat: {args.vmid}: WARNING: {e.message}")
-            return 0
-        raise
-    if line:
-        print(line, flush=True)
-    return 0
+context = hook.context
 
 
 def cmd_sync(args, host) -> int:

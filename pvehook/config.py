@@ -3,7 +3,6 @@
 import ipaddress
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 
 from . import yamlstrict
@@ -29,7 +28,7 @@ class PveSettings:
     config_dir: str = "/etc/pve"
 
     def node_name(self) -> str:
-        return socket.gethostname().split(".")[0] if self.node == "auto" else self.node
+        return os.uname().nodename.split(".")[0] if self.node == "auto" else self.node
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class HostConfig:
         [22, 85, 111, 3128, "5405-5412", "5900-5999", 8006, "60000-60050"])
     max_forwards: int = 64
     log_file: str = "/var/log/pvenat.log"
+    state_dir: str = "/run/pvenat"  # caches only; safe to delete
     pve: PveSettings = field(default_factory=PveSettings)
 
     @property

@@ -8,10 +8,13 @@ post-stop   remove the guest's rules; never fails the stop, needs no API.
 """
 
 import os
+import sys
 
-from . import hostnet, logs, netfilter, ruleset, spec
+from . import config, hostnet, logs, netfilter, ruleset, spec
 from .errors import PvenatError
-from .plan import check_conflicts, plan_guest, summary
+from .plan import Held, plan_guest, summary
+from .pve import PveApi
+from .pveconf import ConfigFiles
 
 log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
@@ -28,6 +31,32 @@ class Context:
         self.backend = backend
         self.lock_path = lock_path
         self.sysfs = sysfs
+
+
+def context(host) -> Context:
+    api = PveApi(host.pve)
+    configs = ConfigFiles(host.pve.config_dir) if host.pve.config_source == "files" else api
+    return Context(host, api, configs, netfilter.Iptables())
+
+
+def main(vmid: int, phase: str, config_path=None) -> int:
+    """The hookscript and ``pvenat hook``: one line for the task log, PVE's exit code.
+
+    Kept apart from the CLI so that a hook imports only what a hook needs.
+    """
+    try:
+        host = config.load(config.config_path(config_path))
+        logs.configure(host.log_file)
+        line = run(context(host), vmid, phase)
+    except PvenatError as e:
+        if phase == "post-stop":  # a failing post-stop would only be a warning anyway
+            print(f"pvenat: {vmid}: WARNING: {e.message}", flush=True)
+            return 0
+        print(f"pvenat: error: {e.message}", file=sys.stderr)
+        return 1
+    if line:
+        print(line, flush=True)
+    return 0
 
 
 def run(ctx: Context, vmid: int, phase: str) -> str:
@@ -53,8 +82,9 @@ def load_plan(ctx, vmid):
 def start_change(ctx, plan, public_ip):
     """The change a start makes: refused when another guest holds the ports or address."""
     def change(current):
-        check_conflicts(plan, ruleset.held_claims(current), ruleset.guest_addresses(current))
-        return ruleset.with_guest(current, ctx.host, public_ip, plan.vmid, plan)
+        claims = ruleset.held_claims(current)
+        Held(claims, ruleset.guest_addresses(current)).check(plan)
+        return ruleset.with_guest(current, ctx.host, public_ip, plan.vmid, plan, claims)
     return change
 
 
@@ -71,7 +101,7 @@ def pre_start(ctx, vmid):
 
 
 def post_start(ctx, vmid):
-    if vmid not in ruleset.managed_guests(ctx.backend.read()):
+    if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
         return ""
     ports = hostnet.guest_ports(ctx.host.lan_bridge, ctx.sysfs).get(vmid, [])
     for port in ports:
@@ -84,6 +114,8 @@ def post_start(ctx, vmid):
 def post_stop(ctx, vmid):
     """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
     try:
+        if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
+            return ""
         with netfilter.locked(ctx.lock_path):
             script = netfilter.update(
                 ctx.backend, lambda cur: ruleset.with_guest(cur, ctx.host, None, vmid, None))

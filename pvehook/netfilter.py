@@ -25,13 +25,32 @@ class Iptables:
     """iptables-legacy-save / -restore. Swap in another object with read() and apply()."""
 
     def __init__(self, save="iptables-legacy-save", restore="iptables-legacy-restore",
-                 wait_seconds=30):
+                 iptables="iptables-legacy", wait_seconds=30):
         self.save = save
         self.restore = restore
+        self.iptables = iptables
         self.wait_seconds = wait_seconds
 
     def read(self) -> ruleset.Tables:
-        return {t: ruleset.parse_save(self._run([self.save, "-t", t])) for t in ruleset.TABLES}
+        """pvenat's part of nat and filter, from one iptables-save of all tables."""
+        text = self._run([self.save])
+        tables = {}
+        for block in text.split("\n*")[1:]:
+            name, _, body = block.partition("\n")
+            if name in ruleset.TABLES:
+                tables[name] = ruleset.parse_save(body)
+        return {t: tables.get(t) or ruleset.Table() for t in ruleset.TABLES}
+
+    def has_chain(self, table: str, chain: str) -> bool:
+        """Whether the chain exists, without listing every rule of the table (a hook for
+        a guest pvenat does not manage must stay cheap on a host with thousands)."""
+        try:
+            self._run([self.iptables, "-w", str(self.wait_seconds), "-t", table, "-S", chain])
+        except KernelRefused as e:
+            if "No chain" in e.stderr or "does not exist" in e.stderr:
+                return False
+            raise
+        return True
 
     def counters(self) -> dict:
         """Packets matched by each of pvenat's nat rules: {(chain, rule spec): packets}."""

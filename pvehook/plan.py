@@ -4,8 +4,10 @@ Pure: no kernel, no API. Everything a guest's Notes could claim is checked here 
 what the host allows and what other guests already hold.
 """
 
+import bisect
 import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .config import HostConfig
 from .errors import PvenatError
@@ -20,9 +22,11 @@ class GuestPlan:
     forwards: tuple[Forward, ...]
 
 
-@dataclass(frozen=True, order=True)
-class Claim:
-    """A public port range that a guest holds, as recorded in the kernel."""
+class Claim(NamedTuple):
+    """A public port range that a guest holds, as recorded in the kernel.
+
+    A tuple, so that sorting and bisecting thousands of them stays in C.
+    """
 
     proto: str
     lo: int
@@ -70,22 +74,46 @@ def _check_address(vmid, address, host):
                           "broadcast or host address; give the guest its own address")
 
 
-def claims(plan: GuestPlan) -> list[Claim]:
-    return [Claim(f.proto, *f.public, plan.vmid) for f in plan.forwards]
+class Held:
+    """What running guests hold: ports per protocol, sorted, and addresses.
 
+    Claims of different guests never overlap, so the one claim that could overlap a
+    range is found by bisection: a check costs O(log n), not a walk over every guest.
+    """
 
-def check_conflicts(plan: GuestPlan, held: list[Claim], addresses: dict[str, int]):
-    """Refuse a plan whose ports or address another guest already holds."""
-    owner = addresses.get(plan.address)
-    if owner is not None and owner != plan.vmid:
-        raise PvenatError("conflict", f"guest {plan.vmid}: address {plan.address} is already "
-                          f"forwarded to guest {owner}, which is running on this node; give "
-                          f"one of them another address (or run 'pvenat sync' if {owner} "
-                          "is no longer running here)")
-    for fwd in plan.forwards:
-        for c in held:
-            if c.vmid != plan.vmid and c.proto == fwd.proto and c.lo <= fwd.public[1] \
-                    and fwd.public[0] <= c.hi:
+    def __init__(self, claims=(), addresses=None):
+        self.claims = {"tcp": [], "udp": []}
+        self.addresses = dict(addresses or {})
+        for c in sorted(claims):
+            self.claims[c.proto].append(c)
+
+    def add(self, plan: GuestPlan):
+        for f in plan.forwards:
+            bisect.insort(self.claims[f.proto], Claim(f.proto, *f.public, plan.vmid))
+        self.addresses[plan.address] = plan.vmid
+
+    def overlapping(self, proto: str, lo: int, hi: int, vmid: int):
+        """A claim of another guest that shares a port with lo..hi, or None."""
+        claims = self.claims[proto]
+        i = bisect.bisect_right(claims, Claim(proto, hi, 65536, 0))
+        # Walk left past this guest's own claims, which may overlap its new ones.
+        while i > 0 and claims[i - 1].hi >= lo:
+            if claims[i - 1].vmid != vmid:
+                return claims[i - 1]
+            i -= 1
+        return None
+
+    def check(self, plan: GuestPlan):
+        """Refuse a plan whose ports or address another guest already holds."""
+        owner = self.addresses.get(plan.address)
+        if owner is not None and owner != plan.vmid:
+            raise PvenatError("conflict", f"guest {plan.vmid}: address {plan.address} is "
+                              f"already forwarded to guest {owner}, which is running on this "
+                              f"node; give one of them another address (or run 'pvenat "
+                              f"sync' if {owner} is no longer running here)")
+        for fwd in plan.forwards:
+            c = self.overlapping(fwd.proto, *fwd.public, plan.vmid)
+            if c is not None:
                 raise PvenatError(
                     "conflict", f"guest {plan.vmid}, {fwd.origin}: {fwd.proto} public port "
                     f"{max(c.lo, fwd.public[0])} is already forwarded to guest {c.vmid} "

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 # ASCII digits only: int() would also take Unicode digits such as "１２".
 _RANGE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def parse_port(text: str) -> int:
     """One port, 1-65535, from ASCII digits; ValueError says why not."""
-    if not re.fullmatch(r"[0-9]{1,5}", text):
+    if not _PORT.fullmatch(text):
         raise ValueError(f"{text!r} is not a port number (1-65535)")
     port = int(text)
     if not 1 <= port <= 65535:

@@ -12,6 +12,7 @@ from .pve import Guest
 
 _FOLDERS = (("qemu", "qemu-server"), ("lxc", "lxc"))
 _KEY = re.compile(r"([a-z][a-z0-9_-]*):\s?(.*)")
+_ESCAPE = re.compile(rb"%([0-9a-fA-F]{2})")
 
 
 def parse_conf(text: str) -> dict:
@@ -38,8 +39,9 @@ def parse_conf(text: str) -> dict:
 
 
 def _decode(text: str) -> str:
-    raw = re.sub(rb"%([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]),
-                 text.encode("utf-8"))
+    if "%" not in text:
+        return text
+    raw = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8"))
     return raw.decode("utf-8", errors="replace")
 
 

@@ -102,8 +102,12 @@ def guest_rules(plan: GuestPlan) -> tuple:
     return tuple(rules)
 
 
-def dispatch(claims) -> dict:
-    """PVENAT-DNAT and the port trees for a set of non-overlapping claims."""
+def dispatch(claims, touched=None) -> dict:
+    """PVENAT-DNAT and the port trees for a set of non-overlapping claims.
+
+    With ``touched``, a set of (proto, hex prefix), only those tree nodes are rendered:
+    a hook changes one guest's claims, and only the nodes on their paths change.
+    """
     chains = {DNAT: []}
     for proto in ("tcp", "udp"):
         mine = sorted(c for c in claims if c.proto == proto)
@@ -114,9 +118,11 @@ def dispatch(claims) -> dict:
         nodes: dict[str, tuple[list, set]] = {}  # hex prefix -> (claims, child prefixes)
         for c in mine:
             prefix = _node_prefix(c.lo, c.hi)
-            nodes.setdefault(prefix, ([], set()))[0].append(c)
+            if touched is None or (proto, prefix) in touched:
+                nodes.setdefault(prefix, ([], set()))[0].append(c)
             for k in range(len(prefix), 0, -1):
-                nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
+                if touched is None or (proto, prefix[:k - 1]) in touched:
+                    nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
         for prefix, (held, children) in nodes.items():
             rules = [f"-p {proto} -m {proto} --dport {format_range(c.lo, c.hi, ':')} "
                      f"-j {guest_chain(c.vmid)}" for c in held]
@@ -125,6 +131,12 @@ def dispatch(claims) -> dict:
                 rules.append(f"-p {proto} -m {proto} --dport {lo}:{hi} -j {_node(root, child)}")
             chains[_node(root, prefix)] = rules
     return {k: tuple(v) for k, v in chains.items()}
+
+
+def _path(claim) -> set:
+    """The tree nodes from the root down to the claim's node, as (proto, prefix)."""
+    prefix = _node_prefix(claim.lo, claim.hi)
+    return {(claim.proto, prefix[:k]) for k in range(len(prefix) + 1)}
 
 
 def _node_prefix(lo: int, hi: int) -> str:
@@ -151,25 +163,35 @@ def desired(host, public_ip: str, plans) -> Tables:
     return tables
 
 
-def with_guest(current: Tables, host, public_ip: str, vmid: int, plan) -> Tables:
+def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=None) -> Tables:
     """``current`` with one guest's rules replaced by ``plan`` (None: removed).
 
     A plan also brings the base rules into shape; a removal leaves them as they are.
+    ``claims`` are held_claims(current), when the caller has them already.
     """
     tables = {t: current[t].copy() for t in TABLES}
     nat = tables["nat"]
-    held = [c for c in held_claims(current) if c.vmid != vmid]
+    claims = held_claims(current) if claims is None else claims
+    changed = [c for c in claims if c.vmid == vmid]
+    held = [c for c in claims if c.vmid != vmid]
     nat.chains.pop(guest_chain(vmid), None)
-    for chain in [c for c in nat.chains if is_tree_chain(c)]:
-        del nat.chains[chain]
     if plan is not None:
         for table, wanted in base(host, public_ip).items():
             tables[table].chains.update(wanted.chains)
             tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
         nat.chains[guest_chain(vmid)] = guest_rules(plan)
-        held += [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
-    if held or DNAT in nat.chains:
-        nat.chains.update(dispatch(held))
+        mine = [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
+        held += mine
+        changed += mine
+    if not (held or DNAT in nat.chains):
+        return tables
+    touched = set().union(*map(_path, changed))
+    rendered = dispatch(held, touched)
+    for proto, prefix in touched:  # nodes left without claims go
+        name = _node(PREFIX + proto.upper(), prefix)
+        if name not in rendered:
+            nat.chains.pop(name, None)
+    nat.chains.update(rendered)
     return tables
 
 
@@ -213,11 +235,10 @@ def held_claims(tables: Tables) -> list[Claim]:
 def guest_addresses(tables: Tables) -> dict[str, int]:
     out = {}
     for chain, rules in tables["nat"].chains.items():
-        if is_guest_chain(chain):
-            for rule in rules:
-                m = _TO.search(rule)
-                if m:
-                    out[m.group(1)] = int(chain[len(PREFIX):])
+        if is_guest_chain(chain) and rules:  # all of a guest's rules go to one address
+            m = _TO.search(rules[0])
+            if m:
+                out[m.group(1)] = int(chain[len(PREFIX):])
     return out
 
 

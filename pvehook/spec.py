@@ -18,6 +18,8 @@ _TAG = re.compile(r"pvenat-([0-9]{1,5})(?:-([0-9]{1,5}))?")
 # 10000-10099 | 2222:22 | 8000-8009:9000-9009, then /tcp /udp /both
 _ENTRY = re.compile(r"([0-9]{1,5}(?:-[0-9]{1,5})?)(?::([0-9]{1,5}(?:-[0-9]{1,5})?))?"
                     r"(?:/(tcp|udp|both))?")
+_TAG_SPLIT = re.compile(r"[;, ]")
+_NET_KEY = re.compile(r"net([0-9]+)")
 _PROTOS = {"tcp": ("tcp",), "udp": ("udp",), "both": ("tcp", "udp")}
 
 
@@ -79,9 +81,7 @@ def _find_block(vmid, text):
             i += 1
             continue
         fence, start = m.group(2), i
-        end = next((j for j in range(i + 1, len(lines))
-                    if re.fullmatch(r" {0,3}" + re.escape(fence[0]) + "{%d,}[ \t]*" % len(fence),
-                                    lines[j].rstrip("\r"))), None)
+        end = next((j for j in range(i + 1, len(lines)) if _closes(lines[j], fence)), None)
         if m.group(3) == "pvenat":
             if end is None:
                 raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: the pvenat "
@@ -97,6 +97,14 @@ def _find_block(vmid, text):
             found = (body, start + 2)
         i = len(lines) if end is None else end + 1
     return found
+
+
+def _closes(line: str, fence: str) -> bool:
+    """A closing fence: up to 3 spaces, at least as many of the same fence characters."""
+    text = line.rstrip()
+    body = text.lstrip(" ")
+    return len(text) - len(body) <= 3 and len(body) >= len(fence) and \
+        body == fence[0] * len(body)
 
 
 def _parse_block(vmid, body, first_line):
@@ -218,7 +226,7 @@ def _parse_allow(what, node):
 def _parse_tags(vmid, tags):
     """pvenat-PORT and pvenat-FIRST-LAST tags: that port or range, TCP and UDP."""
     out = []
-    for tag in filter(None, re.split(r"[;, ]", tags)):
+    for tag in filter(None, _TAG_SPLIT.split(tags)):
         if not tag.startswith("pvenat"):
             continue
         m = _TAG.fullmatch(tag)
@@ -241,7 +249,7 @@ def _parse_tags(vmid, tags):
 def nic_address(kind: str, config: dict, bridge: str) -> str | None:
     """The static IPv4 of the guest's NIC on ``bridge``: LXC ip=, QEMU cloud-init ipconfigN."""
     for key in sorted(config):
-        m = re.fullmatch(r"net([0-9]+)", key)
+        m = _NET_KEY.fullmatch(key)
         if not m:
             continue
         opts = _options(config[key])

@@ -5,11 +5,13 @@ Notes edited while a guest runs, a live migration's source (which gets no post-s
 chains someone flushed, bridge ports that lost their hairpin flag.
 """
 
+import bisect
+import os
 from dataclasses import dataclass, field
 
-from . import hostnet, logs, netfilter, ruleset, spec
+from . import hostnet, logs, netfilter, plancache, ruleset, spec
 from .errors import PvenatError
-from .plan import check_conflicts, plan_guest
+from .plan import Held, plan_guest
 
 log = logs.get_logger("pvenat.sync")
 
@@ -52,31 +54,31 @@ def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResu
     wanted = ruleset.base(host, public_ip)
     nat = wanted["nat"]
     live = ruleset.managed_guests(current)
-    held = ruleset.held_claims(current)
-    addresses = ruleset.guest_addresses(current)
-    claims, owners = [], {}
+    held = Held()
 
     def keep_current(vmid):
         if vmid in live:
             nat.chains[ruleset.guest_chain(vmid)] = current["nat"].chains[
                 ruleset.guest_chain(vmid)]
-            claims.extend(c for c in held if c.vmid == vmid)
-            owners.update({a: v for a, v in addresses.items() if v == vmid})
+            for c in ruleset.held_claims(current):
+                if c.vmid == vmid:
+                    bisect.insort(held.claims[c.proto], c)
+            held.addresses.update({a: v for a, v in ruleset.guest_addresses(current).items()
+                                   if v == vmid})
 
     for vmid in sorted(keep):
         keep_current(vmid)
     for vmid in sorted(plans, key=lambda v: (v not in live, v)):
         plan = plans[vmid]
         try:
-            check_conflicts(plan, claims, owners)
+            held.check(plan)
         except PvenatError as e:
             result.problems[vmid] = e.message
             keep_current(vmid)
             continue
         nat.chains[ruleset.guest_chain(vmid)] = ruleset.guest_rules(plan)
-        claims.extend(ruleset.Claim(f.proto, *f.public, vmid) for f in plan.forwards)
-        owners[plan.address] = vmid
-    nat.chains.update(ruleset.dispatch(claims))
+        held.add(plan)
+    nat.chains.update(ruleset.dispatch(held.claims["tcp"] + held.claims["udp"]))
     for table in ruleset.TABLES:  # keep jumps that are already right where they are
         wanted[table].jumps = ruleset.merge_jumps(current[table].jumps, wanted[table].jumps)
 
@@ -94,18 +96,28 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     node = host.pve.node_name()
     result = SyncResult()
     plans, keep = {}, set()
+    cache_path = os.path.join(host.state_dir, "plans.json")
+    cached, fresh, host_key = plancache.load(cache_path), {}, repr(host)
     for info in ctx.api.guests(node):
         if info.status != "running":
             continue
         try:
             guest = ctx.configs.guest(node, info.vmid)
-            parsed = spec.parse(info.vmid, guest.config.get("description", ""),
-                                guest.config.get("tags", ""))
-            if parsed is not None:
-                plans[info.vmid] = plan_guest(parsed, guest.kind, guest.config, host)
+            key = plancache.fingerprint(host_key, guest)
+            if key in cached:
+                plan = cached[key]
+            else:
+                parsed = spec.parse(info.vmid, guest.config.get("description", ""),
+                                    guest.config.get("tags", ""))
+                plan = parsed and plan_guest(parsed, guest.kind, guest.config, host)
+            fresh[key] = plan
+            if plan is not None:
+                plans[info.vmid] = plan
         except PvenatError as e:
             result.problems[info.vmid] = e.message
             keep.add(info.vmid)
+    if fresh.keys() != cached.keys() and not dry_run:
+        plancache.save(cache_path, fresh)
     pub = hostnet.public_ip(host)
 
     def change(current):
@@ -125,7 +137,8 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
                     if not dry_run:
                         hostnet.set_hairpin(host.lan_bridge, port, ctx.sysfs)
                     result.hairpin.append(port)
-    log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
-             removed=result.removed, problems=sorted(result.problems),
-             changed=bool(result.script))
+    if result.script or result.problems or result.hairpin:  # a quiet minute logs nothing
+        log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
+                 removed=result.removed, problems=sorted(result.problems),
+                 changed=bool(result.script))
     return result

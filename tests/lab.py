@@ -37,7 +37,7 @@ def sh(*argv, check=True, input=None):
 
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
-                 python=sys.executable):
+                 lan="172.22.161.254/24", python=sys.executable):
         """``guests``: {vmid: {kind, config, node?, address?, serve?}}.
 
         A guest with an address gets a namespace on vmbr1 answering on ``serve``
@@ -50,6 +50,8 @@ class Lab:
         self.python = python
         self.backend = backend
         self.config_source = config_source
+        self.lan = lan
+        self.gateway, self.prefixlen = lan.split("/")
         self.namespaces = []
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
@@ -81,7 +83,7 @@ class Lab:
                      "netns", self.inet],
                     ["link", "set", "eno1", "master", "vmbr0", "up"],
                     ["addr", "add", f"{PUBLIC_IP}/24", "dev", "vmbr0"],
-                    ["addr", "add", "172.22.161.254/24", "dev", "vmbr1"],
+                    ["addr", "add", self.lan, "dev", "vmbr1"],
                     ["link", "set", "vmbr0", "up"], ["link", "set", "vmbr1", "up"],
                     ["route", "add", "default", "via", PEER_IP]):
             sh("ip", "-n", h, *cmd)
@@ -100,9 +102,9 @@ class Lab:
             sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                "netns", g)
             sh("ip", "-n", h, "link", "set", port, "master", "vmbr1", "up")
-            sh("ip", "-n", g, "addr", "add", f"{address}/24", "dev", "eth0")
+            sh("ip", "-n", g, "addr", "add", f"{address}/{self.prefixlen}", "dev", "eth0")
             sh("ip", "-n", g, "link", "set", "eth0", "up")
-            sh("ip", "-n", g, "route", "add", "default", "via", "172.22.161.254")
+            sh("ip", "-n", g, "route", "add", "default", "via", self.gateway)
             self.serve(g, f"g{vmid}", guest.get("serve", []))
         self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
         self.write_fixture()
@@ -167,28 +169,32 @@ class Lab:
             f", config_source: {self.config_source}, config_dir: {self.etc_pve}}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
-                    f"lan_address: 172.22.161.254/24\nlog_file: {self.log}\npve: {pve}\n"
+                    f"lan_address: {self.lan}\nlog_file: {self.log}\nstate_dir: {self.dir}/state\n"
+                    f"pve: {pve}\n"
                     + extra)
 
     def env(self):
         return {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C", "PYTHONPATH": REPO,
                 "PVENAT_CONFIG": self.config, "PVENAT_FAKE_PVE": self.fixture}
 
-    def hook(self, vmid, phase, extra_env=None):
-        """Run the hookscript as PVE does, inside the host namespace."""
+    def hook_argv(self, vmid, phase, extra_env=None):
+        """The hookscript as PVE runs it, inside the host namespace."""
         env = dict(self.env(), **(extra_env or {}))
-        return subprocess.run(
-            ["ip", "netns", "exec", self.host, "env", "-i",
-             *[f"{k}={v}" for k, v in env.items()], self.python,
-             os.path.join(REPO, "hookscripts", "pvenat.py"), str(vmid), phase],
-            capture_output=True, text=True, cwd="/")
+        return ["ip", "netns", "exec", self.host, "env", "-i",
+                *[f"{k}={v}" for k, v in env.items()], self.python,
+                os.path.join(REPO, "hookscripts", "pvenat.py"), str(vmid), phase]
+
+    def pvenat_argv(self, *args):
+        return ["ip", "netns", "exec", self.host, "env", "-i",
+                *[f"{k}={v}" for k, v in self.env().items()], self.python, "-m", "pvehook",
+                *args]
+
+    def hook(self, vmid, phase, extra_env=None):
+        return subprocess.run(self.hook_argv(vmid, phase, extra_env), capture_output=True,
+                              text=True, cwd="/")
 
     def pvenat(self, *args):
-        env = self.env()
-        return subprocess.run(
-            ["ip", "netns", "exec", self.host, "env", "-i",
-             *[f"{k}={v}" for k, v in env.items()], self.python, "-m", "pvehook", *args],
-            capture_output=True, text=True, cwd="/")
+        return subprocess.run(self.pvenat_argv(*args), capture_output=True, text=True, cwd="/")
 
     def probe(self, ns, proto, host, port, src=None):
         argv = [self.python, os.path.join(REPO, "tests", "netprobe.py"), proto, host,

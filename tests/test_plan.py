@@ -4,7 +4,7 @@ import pytest
 
 from pvehook.config import HostConfig
 from pvehook.errors import PvenatError
-from pvehook.plan import Claim, check_conflicts, plan_guest, summary
+from pvehook.plan import Claim, Held, plan_guest, summary
 from pvehook.spec import parse
 
 HOST = HostConfig()
@@ -52,10 +52,15 @@ def test_conflicts_name_the_other_guest():
     p = plan("forwards: [10050-10060/udp]")
     held = [Claim("tcp", 10000, 10099, 102), Claim("udp", 10055, 10055, 103)]
     with pytest.raises(PvenatError) as e:
-        check_conflicts(p, held, {})
+        Held(held).check(p)
     assert e.value.code == "conflict"
     assert "udp public port 10055 is already forwarded to guest 103" in e.value.message
     with pytest.raises(PvenatError, match="address 172.22.161.170 is already forwarded to "
                        "guest 104"):
-        check_conflicts(p, [], {"172.22.161.170": 104})
-    check_conflicts(p, [Claim("udp", 10050, 10060, 101)], {"172.22.161.170": 101})  # its own
+        Held([], {"172.22.161.170": 104}).check(p)
+    Held([Claim("udp", 10050, 10060, 101)], {"172.22.161.170": 101}).check(p)  # its own
+    near = [Claim("udp", 10000, 10049, 105), Claim("udp", 10061, 10070, 106)]
+    Held(near).check(p)  # neighbours on both sides, no overlap
+    with pytest.raises(PvenatError, match="udp public port 10060 is already forwarded to "
+                       "guest 106"):
+        Held([Claim("udp", 10060, 10070, 106)]).check(p)

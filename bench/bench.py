@@ -1,0 +1,221 @@
+"""pvenat benchmarks in the namespace lab. Prints figures; run as root: ``make bench``.
+
+1. hook cost: pre-start and post-stop of one guest with 1, 100 and 1,000 others forwarded,
+   and hooks of an unmanaged guest;
+2. sync: creating 1,000 guests' rules from nothing, and finding nothing to change, beside
+   iptables-restore loading the identical rule set;
+3. data path: new TCP connections per second through a forward with 1 and with 1,000
+   guests forwarded, alternating the two setups;
+4. memory: peak RSS of a hook and of a full sync at 1,000 guests.
+
+The fake PVE API answers from a file; guest configs are read from .conf files
+(pve.config_source: files), as on a node with /etc/pve.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from lab import PUBLIC_IP, Lab, sh  # noqa: E402
+
+OTHERS = 1000
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+TARGET, UNMANAGED = 101, 107
+PORT = 15000  # public port of the data-path forward, to port 80 in guest 101
+
+
+def other_guests():
+    out = {}
+    for i in range(OTHERS):
+        vmid, base = 1000 + i, 20000 + 10 * i
+        address = f"172.22.{4 + i // 250}.{i % 250 + 1}"
+        notes = (f"```pvenat\nforwards:\n  - {base}-{base + 4}\n  - {base}-{base + 4}/udp\n"
+                 f"  - {base + 5}:22\n```")
+        net = (f"name=eth0,bridge=vmbr1,ip={address}/16" if i % 2 else
+               "virtio=BC:24:11:00:00:01,bridge=vmbr1")
+        config = {"description": notes, "net0": net}
+        if not i % 2:
+            config["ipconfig0"] = f"ip={address}/16"
+        out[vmid] = {"kind": "lxc" if i % 2 else "qemu", "status": "stopped", "config": config}
+    return out
+
+
+def guests():
+    g = other_guests()
+    g[TARGET] = {"kind": "qemu", "address": "172.22.1.10", "config": {
+        "description": f"```pvenat\nforwards: [{PORT}:80, 16000-16009/both]\n```",
+        "net0": "virtio=BC:24:11:00:01:01,bridge=vmbr1", "ipconfig0": "ip=172.22.1.10/16"}}
+    g[UNMANAGED] = {"kind": "qemu", "config": {"description": "not managed", "tags": "web"}}
+    return g
+
+
+def timed(argv):
+    """Wall seconds and peak RSS (MiB) of one command; fails loudly if it fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd="/")
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv[-3:])} failed")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def running(lab, count):
+    """Mark the first ``count`` other guests running and sync them in."""
+    for i, vmid in enumerate(range(1000, 1000 + OTHERS)):
+        lab.guests[vmid]["status"] = "running" if i < count else "stopped"
+    lab.write_fixture()
+    result = lab.pvenat("sync")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def bench_hooks(lab, report):
+    lab.guests[TARGET]["status"] = "stopped"  # sync must not forward it; the hooks do
+    counts = (1, 100, OTHERS)
+    start, stop, rss = ({c: [] for c in counts} for _ in range(3))
+    # The setups take turns, so that the machine's drift hits each of them alike.
+    for _ in range(RUNS):
+        for count in counts:
+            running(lab, count)
+            s, m = timed(lab.hook_argv(TARGET, "pre-start"))
+            start[count].append(s)
+            rss[count].append(m)
+            stop[count].append(timed(lab.hook_argv(TARGET, "post-stop"))[0])
+    rows = {}
+    for count in counts:
+        rows[count] = (median(start[count]), median(stop[count]))
+        report(f"hook, {count:>4} others forwarded: pre-start {rows[count][0]:.3f} s, "
+               f"post-stop {rows[count][1]:.3f} s, peak RSS {max(rss[count]):.1f} MiB")
+    unmanaged = [timed(lab.hook_argv(UNMANAGED, phase))[0]
+                 for _ in range(RUNS) for phase in ("pre-start", "post-stop")]
+    report(f"hook, unmanaged guest: {median(unmanaged):.3f} s (median of pre-start and "
+           "post-stop)")
+    one, many = rows[1], rows[OTHERS]
+    return [("pre-start at 1,000 <= 1.5x at 1", many[0] <= 1.5 * one[0],
+             f"{many[0] / one[0]:.2f}x"),
+            ("post-stop at 1,000 <= 1.5x at 1", many[1] <= 1.5 * one[1],
+             f"{many[1] / one[1]:.2f}x"),
+            ("pre-start <= 0.35 s", many[0] <= 0.35, f"{many[0]:.3f} s"),
+            ("unmanaged hook <= 0.1 s", median(unmanaged) <= 0.1,
+             f"{median(unmanaged):.3f} s")]
+
+
+def empty_tables(lab):
+    for table in ("nat", "filter"):
+        lab.iptables("-t", table, "-F")
+        lab.iptables("-t", table, "-X")
+
+
+def bench_sync(lab, report):
+    for i, vmid in enumerate(range(1000, 1000 + OTHERS)):
+        lab.guests[vmid]["status"] = "running"
+    lab.write_fixture()
+    full, none, rss = [], [], 0
+    for _ in range(RUNS):
+        empty_tables(lab)
+        s, m = timed(lab.pvenat_argv("sync"))
+        full.append(s)
+        rss = max(rss, m)
+        none.append(timed(lab.pvenat_argv("sync"))[0])
+    saved = sh("ip", "netns", "exec", lab.host, "iptables-legacy-save").stdout
+    restore = []
+    scratch = f"{lab.prefix}-scratch"
+    sh("ip", "netns", "add", scratch)
+    try:
+        for _ in range(RUNS):
+            start = time.perf_counter()
+            sh("ip", "netns", "exec", scratch, "iptables-legacy-restore", input=saved)
+            restore.append(time.perf_counter() - start)
+            for table in ("nat", "filter"):
+                sh("ip", "netns", "exec", scratch, "iptables-legacy", "-t", table, "-F")
+                sh("ip", "netns", "exec", scratch, "iptables-legacy", "-t", table, "-X")
+    finally:
+        sh("ip", "netns", "del", scratch)
+    rules = sum(1 for line in saved.splitlines() if line.startswith("-A"))
+    report(f"sync, {OTHERS} guests from nothing: {median(full):.3f} s "
+           f"({rules} rules), peak RSS {rss:.1f} MiB")
+    report(f"sync, nothing to change: {median(none):.3f} s")
+    report(f"iptables-restore of the identical rule set: {median(restore):.3f} s")
+    return [("full sync <= 1 s", median(full) <= 1, f"{median(full):.3f} s"),
+            ("full sync <= 5x iptables-restore", median(full) <= 5 * median(restore),
+             f"{median(full) / median(restore):.2f}x"),
+            ("no-change sync <= 0.3 s", median(none) <= 0.3, f"{median(none):.3f} s")]
+
+
+def bench_datapath(lab, report, binary):
+    lab.guests[TARGET]["status"] = "running"
+    seconds, rounds = 3, 5
+    sh("ip", "netns", "exec", lab.host, "sysctl", "-qw",
+       "net.netfilter.nf_conntrack_tcp_timeout_close=1")
+    rates = {1: [], OTHERS: []}
+    for _ in range(rounds):
+        for count in (0, OTHERS):
+            running(lab, count)
+            sh("ip", "netns", "exec", lab.host, "conntrack", "-F", check=False)
+            out = sh("ip", "netns", "exec", lab.inet, binary, "rate", PUBLIC_IP, str(PORT),
+                     str(seconds)).stdout.split()
+            rate, failed = float(out[0]), int(out[1])
+            if failed:
+                raise RuntimeError(f"{failed} connections failed")
+            rates[max(count, 1)].append(rate)
+    for count, values in rates.items():
+        spread = (max(values) - min(values)) / median(values)
+        report(f"data path, {count:>4} guests forwarded: {median(values):,.0f} new TCP "
+               f"connections/s (runs: {', '.join(f'{v:,.0f}' for v in values)}; spread "
+               f"{spread:.0%})")
+    ratio = median(rates[OTHERS]) / median(rates[1])
+    return [("new-connection rate at 1,000 >= 90% of 1", ratio >= 0.9, f"{ratio:.0%}")]
+
+
+def _has_local_backend():
+    import proxmoxer
+    return "local" in proxmoxer.core.SERVICES["PVE"]["supported_backends"]
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (network namespaces, iptables)")
+    binary = os.path.join(tempfile.mkdtemp(prefix="pvenat-bench-"), "connrate")
+    subprocess.run(["cc", "-O2", "-o", binary, os.path.join(HERE, "connrate.c")], check=True)
+    backend = "local" if _has_local_backend() else "https"
+    lab = Lab(guests(), config_source="files", lan="172.22.0.254/16", backend=backend)
+    bars = []
+    try:
+        lab.spawn(lab.ns(TARGET), [binary, "sink", "80"])
+        from importlib.metadata import version
+        print(f"pvenat bench: {OTHERS} other guests, median of {RUNS} runs, python "
+              f"{sys.version.split()[0]} ({sys.executable}), proxmoxer "
+              f"{version('proxmoxer')} with the {backend} backend, {os.cpu_count()} cores",
+              flush=True)
+
+        def report(line):
+            print("  " + line, flush=True)
+
+        parts = sys.argv[1:] or ["hooks", "sync", "datapath"]
+        if "hooks" in parts:
+            bars += bench_hooks(lab, report)
+        if "sync" in parts:
+            bars += bench_sync(lab, report)
+        if "datapath" in parts:
+            bars += bench_datapath(lab, report, binary)
+    finally:
+        lab.close()
+        os.unlink(binary)
+    print("bars:")
+    for name, ok, figure in bars:
+        print(f"  {'PASS' if ok else 'MISS'} {name}: {figure}")
+    return 0 if all(ok for _, ok, _ in bars) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""A cache of checked plans, keyed by a hash of everything a plan is made from.
+
+A sync every minute re-reads every running guest's config; parsing a thousand Notes
+blocks costs more than the rest of the sync. A guest whose config and the host config
+are unchanged gets its plan from here. The kernel stays the truth for what is applied:
+the sync still compares every chain. Lives in /run, so a reboot starts it afresh.
+"""
+
+import hashlib
+import json
+import os
+
+from .plan import GuestPlan
+from .spec import Forward
+
+
+def fingerprint(host_key: str, guest) -> str:
+    """What a plan depends on: the guest's Notes, tags and NICs, and the host config
+    (``host_key``, the repr of the HostConfig)."""
+    relevant = {k: v for k, v in guest.config.items()
+                if k in ("description", "tags") or k.startswith(("net", "ipconfig"))}
+    text = json.dumps([host_key, guest.kind, guest.vmid, relevant], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def load(path: str) -> dict:
+    """{fingerprint: GuestPlan or None (unmanaged)}; empty when missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {key: None if p is None else GuestPlan(
+        p[0], p[1], tuple(Forward(f[0], tuple(f[1]), tuple(f[2]), tuple(f[3]), f[4])
+                          for f in p[2])) for key, p in raw.items()}
+
+
+def save(path: str, plans: dict):
+    """Write atomically: a hook or sync killed halfway leaves the old file or none."""
+    raw = {key: None if p is None else [p.vmid, p.address, [
+        [f.proto, f.public, f.guest, f.allow, f.origin] for f in p.forwards]]
+        for key, p in plans.items()}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(raw, f, separators=(",", ":"))
+    os.replace(tmp, path)
