@@ -6,12 +6,13 @@ PY_DEBIAN := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3-pip \
 	python3-proxmoxer python3-yaml python3-structlog python3-requests python3-pytest \
-	python3-hypothesis
+	python3-hypothesis build-essential debhelper dh-python python3-all python3-setuptools \
+	lintian fakeroot git
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
 
-.PHONY: test test-debian test-pypi deps bench
+.PHONY: test test-debian test-pypi test-package deps bench
 
-test: deps test-debian test-pypi
+test: deps test-debian test-pypi test-package
 
 test-debian:
 	@echo "== tests on Debian's libraries: $$($(PY_DEBIAN) -c 'from importlib.metadata import version as v; print(*[f"{p} {v(p)}" for p in ("proxmoxer", "structlog", "PyYAML")])')"
@@ -20,6 +21,10 @@ test-debian:
 test-pypi:
 	@echo "== tests on current PyPI releases: $$($(VENV)/bin/python -c 'from importlib.metadata import version as v; print(*[f"{p} {v(p)}" for p in ("proxmoxer", "structlog", "PyYAML")])')"
 	$(VENV)/bin/python -m pytest -q tests
+
+test-package:
+	@echo "== the Debian package: build, lintian, install, namespace tests, purge"
+	tests/package-test
 
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -25,6 +25,9 @@ PUBLIC_IP = "203.0.113.10"
 PEER_IP = "203.0.113.1"
 LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
 HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
+# With PVENAT_INSTALLED=1 the lab runs the installed package (/usr/sbin/pvenat, the
+# hookscript under /usr/share/pvenat) on Debian's python3, not this work tree.
+INSTALLED = os.environ.get("PVENAT_INSTALLED") == "1"
 TOKEN = "pvenat@pve!hook=5e1c3a0e-7d2b-4c8e-9f00-1a2b3c4d5e6f"
 
 
@@ -174,20 +177,22 @@ class Lab:
                     + extra)
 
     def env(self):
-        return {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C", "PYTHONPATH": REPO,
-                "PVENAT_CONFIG": self.config, "PVENAT_FAKE_PVE": self.fixture}
+        env = {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C",
+               "PVENAT_CONFIG": self.config, "PVENAT_FAKE_PVE": self.fixture}
+        return env if INSTALLED else dict(env, PYTHONPATH=REPO)
 
     def hook_argv(self, vmid, phase, extra_env=None):
         """The hookscript as PVE runs it, inside the host namespace."""
         env = dict(self.env(), **(extra_env or {}))
+        script = ["/usr/share/pvenat/pvenat.py"] if INSTALLED else [
+            self.python, os.path.join(REPO, "hookscripts", "pvenat.py")]
         return ["ip", "netns", "exec", self.host, "env", "-i",
-                *[f"{k}={v}" for k, v in env.items()], self.python,
-                os.path.join(REPO, "hookscripts", "pvenat.py"), str(vmid), phase]
+                *[f"{k}={v}" for k, v in env.items()], *script, str(vmid), phase]
 
     def pvenat_argv(self, *args):
+        command = ["/usr/sbin/pvenat"] if INSTALLED else [self.python, "-m", "pvehook"]
         return ["ip", "netns", "exec", self.host, "env", "-i",
-                *[f"{k}={v}" for k, v in self.env().items()], self.python, "-m", "pvehook",
-                *args]
+                *[f"{k}={v}" for k, v in self.env().items()], *command, *args]
 
     def hook(self, vmid, phase, extra_env=None):
         return subprocess.run(self.hook_argv(vmid, phase, extra_env), capture_output=True,
