@@ -147,8 +147,11 @@ def _text(node) -> str | None:
 
 def _show(node) -> str:
     text = _text(node)
-    if text is None:
-        return "a list or mapping"
+    return "a list or mapping" if text is None else _clip(text)
+
+
+def _clip(text: str) -> str:
+    """Quote what the user wrote, cut short: it goes into one line of a task log."""
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
@@ -186,7 +189,7 @@ def _parse_entry(what, node):
 def _expand(text, allow, origin, where):
     m = _ENTRY.fullmatch(text.strip())
     if not m:
-        raise PvenatError("spec", f"{where}: {text!r} is not a forward; write PORT, "
+        raise PvenatError("spec", f"{where}: {_clip(text)} is not a forward; write PORT, "
                           "FIRST-LAST, PUBLIC:GUEST or a range to a range, optionally "
                           "followed by /tcp, /udp or /both")
     try:
@@ -195,8 +198,8 @@ def _expand(text, allow, origin, where):
     except ValueError as e:
         raise PvenatError("spec", f"{where}: {e}") from None
     if public[1] - public[0] != guest[1] - guest[0]:
-        raise PvenatError("spec", f"{where}: {text!r} maps {public[1] - public[0] + 1} public "
-                          f"ports to {guest[1] - guest[0] + 1} guest ports; both sides must "
+        raise PvenatError("spec", f"{where}: {_clip(text)} maps {public[1] - public[0] + 1} "
+                          f"public ports to {guest[1] - guest[0] + 1} guest ports; both sides must "
                           "be the same length")
     return [Forward(p, public, guest, allow, origin) for p in _PROTOS[m.group(3) or "tcp"]]
 
@@ -215,7 +218,7 @@ def _parse_allow(what, node):
             except (ValueError, TypeError):
                 pass
             raise PvenatError("spec", f"{what}, line {item.line}: allow: {_show(item)} is "
-                              f"not an IPv4 address or network{hint}: {e}") from None
+                              f"not an IPv4 address or network{hint}: {str(e)[:80]}") from None
         out.append(str(net))
     if not out:
         raise PvenatError("spec", f"{what}, line {node.line}: 'allow' is empty, which would "
@@ -231,8 +234,8 @@ def _parse_tags(vmid, tags):
             continue
         m = _TAG.fullmatch(tag)
         if not m:
-            raise PvenatError("spec", f"guest {vmid}: tag {tag!r} looks like a pvenat tag but "
-                              "is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
+            raise PvenatError("spec", f"guest {vmid}: tag {_clip(tag)} looks like a pvenat tag "
+                              "but is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
                               "pvenat-8080 or pvenat-10000-10099")
         try:
             lo = parse_port(m.group(1))

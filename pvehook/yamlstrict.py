@@ -45,21 +45,31 @@ def load(text: str, what: str, code: str, first_line: int = 1):
     offset = first_line - 1
     try:
         node = _Loader(text).get_single_node()
+    except yaml.reader.ReaderError as e:  # a character YAML does not take
+        line = text[:e.position].count("\n") + 1 + offset
+        raise PvenatError(code, f"{what}, line {line}: invalid YAML: character "
+                          f"{chr(e.character)!r} is not allowed") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1 + offset}" if mark else "somewhere"
-        problem = getattr(e, "problem", None) or str(e)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
         if context and cmark:
-            problem += f" ({context} that starts on line {cmark.line + 1 + offset})"
+            problem = f"{context} that starts on line {cmark.line + 1 + offset}: {problem}"
         raise PvenatError(code, f"{what}, {where}: invalid YAML: {problem}") from None
     if node is None:
         return None
-    return _convert(node, what, code, offset, set())
+    return _convert(node, what, code, offset, set(), 0)
 
 
-def _convert(node, what, code, offset, seen):
+MAX_DEPTH = 16  # pvenat's own formats nest three levels deep
+
+
+def _convert(node, what, code, offset, seen, depth):
     line = node.start_mark.line + 1 + offset
+    if depth > MAX_DEPTH:
+        raise PvenatError(code, f"{what}, line {line}: nested more than {MAX_DEPTH} levels "
+                          "deep; pvenat's keys are not")
     # An alias is the same node object met twice; refusing it also defuses alias bombs.
     if id(node) in seen:
         raise PvenatError(code, f"{what}, line {line}: YAML anchors and aliases (&name, "
@@ -68,7 +78,7 @@ def _convert(node, what, code, offset, seen):
     if isinstance(node, yaml.ScalarNode):
         return Scalar(node.value, line)
     if isinstance(node, yaml.SequenceNode):
-        return Seq(tuple(_convert(n, what, code, offset, seen) for n in node.value), line)
+        return Seq(tuple(_convert(n, what, code, offset, seen, depth + 1) for n in node.value), line)
     items, keys = {}, {}
     for knode, vnode in node.value:
         kline = knode.start_mark.line + 1 + offset
@@ -78,6 +88,6 @@ def _convert(node, what, code, offset, seen):
             raise PvenatError(
                 code, f"{what}, line {kline}: key {knode.value!r} appears twice "
                 f"(first on line {keys[knode.value]}); keep one")
-        items[knode.value] = _convert(vnode, what, code, offset, seen)
+        items[knode.value] = _convert(vnode, what, code, offset, seen, depth + 1)
         keys[knode.value] = kline
     return Map(items, keys, line)

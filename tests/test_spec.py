@@ -58,8 +58,8 @@ def test_tilde_fence_and_other_blocks_left_alone():
      "maps 10 public ports to 9 guest ports"),
     (block("forwards:\n  - 0"), "", "port 0 is out of range"),
     (block("forwards:\n  - 70000"), "", "port 70000 is out of range"),
-    (block("forwards: [10000"), "", "invalid YAML: did not find expected ',' or ']' (while "
-     "parsing a flow sequence that starts on line 4)"),
+    (block("forwards: [10000"), "", "line 5: invalid YAML: while parsing a flow sequence that "
+     "starts on line 4: did not find expected ',' or ']'"),
     (block("forwards:\n  - ports: 10000\n    allow: [10.0.0.1/8]"), "",
      "allow: '10.0.0.1/8' is not an IPv4 address or network (did you mean 10.0.0.0/8?)"),
     (block("forwards:\n  - 10000/sctp"), "", "'10000/sctp' is not a forward"),
