@@ -7,7 +7,7 @@ VENV := .venv
 APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3-pip \
 	python3-proxmoxer python3-yaml python3-structlog python3-requests python3-pytest \
 	python3-hypothesis build-essential debhelper dh-python python3-all python3-setuptools \
-	lintian fakeroot git
+	lintian fakeroot git ifupdown2
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
 
 .PHONY: test test-debian test-pypi test-package deps bench

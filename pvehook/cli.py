@@ -60,6 +60,16 @@ def _parser():
         c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
         c.add_argument("--force", action="store_true",
                        help="replace or clear a hookscript that is not pvenat's")
+    c = command("install", cmd_install, "set this host up for NAT guests: the lan bridge, "
+                "forwarding, SNAT, the boot unit and sync timer, the hookscript snippet",
+                "pvenat install --dry-run")
+    c.add_argument("--dry-run", action="store_true", help="print every change, make none")
+    c.add_argument("--root", metavar="DIR", default="/", help="files under DIR, commands "
+                   "aimed at it (for tests and labs; implies no PVE check)")
+    c = command("uninstall", cmd_install, "take back everything pvenat install and its hooks "
+                "added; other rules and files stay as they are", "pvenat uninstall --dry-run")
+    c.add_argument("--dry-run", action="store_true", help="print every change, make none")
+    c.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
     c = command("status", cmd_status, "check the host setup and list guests that need "
                 "attention", "pvenat status --json")
     c.add_argument("--json", action="store_true")
@@ -136,6 +146,21 @@ def cmd_attach(args, host) -> int:
               + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
                  else ""))
     return 0
+
+
+def cmd_install(args, host) -> int:
+    from . import install  # only these two commands need it
+
+    ctx = context(host)
+    installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend)
+    if args.command == "install":
+        actions, notes = installer.install_actions(), []
+    else:
+        actions, notes = installer.uninstall_actions()
+    install.run_actions(actions, args.dry_run, sys.stdout)
+    for note in notes:
+        print(f"pvenat: {note}")
+    return 1 if notes else 0
 
 
 def cmd_status(args, host) -> int:

@@ -77,6 +77,23 @@ class PveApi:
             raise api_error(f"cannot list the guests of node {node}", e) from None
         return sorted(out, key=lambda g: g.vmid)
 
+    def storage_content(self, storage: str) -> list[str]:
+        try:
+            data = self._call("get", f"storage/{storage}")
+        except PvenatError:
+            raise
+        except Exception as e:
+            raise api_error(f"cannot read storage {storage}", e) from None
+        return [c for c in str(data.get("content", "")).split(",") if c]
+
+    def set_storage_content(self, storage: str, content: str):
+        try:
+            self._call("put", f"storage/{storage}", content=content)
+        except PvenatError:
+            raise
+        except Exception as e:
+            raise api_error(f"cannot change storage {storage}", e) from None
+
     def set_config(self, node: str, guest: Guest, **options):
         path = f"nodes/{node}/{guest.kind}/{guest.vmid}/config"
         try:

@@ -169,16 +169,14 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=No
     A plan also brings the base rules into shape; a removal leaves them as they are.
     ``claims`` are held_claims(current), when the caller has them already.
     """
-    tables = {t: current[t].copy() for t in TABLES}
-    nat = tables["nat"]
     claims = held_claims(current) if claims is None else claims
+    tables = with_base(current, host, public_ip, claims) if plan else {
+        t: current[t].copy() for t in TABLES}
+    nat = tables["nat"]
     changed = [c for c in claims if c.vmid == vmid]
     held = [c for c in claims if c.vmid != vmid]
     nat.chains.pop(guest_chain(vmid), None)
     if plan is not None:
-        for table, wanted in base(host, public_ip).items():
-            tables[table].chains.update(wanted.chains)
-            tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
         nat.chains[guest_chain(vmid)] = guest_rules(plan)
         mine = [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
         held += mine
@@ -192,6 +190,17 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=No
         if name not in rendered:
             nat.chains.pop(name, None)
     nat.chains.update(rendered)
+    return tables
+
+
+def with_base(current: Tables, host, public_ip: str, claims=None) -> Tables:
+    """``current`` with the host-wide rules in shape; guests' rules are kept."""
+    claims = held_claims(current) if claims is None else claims
+    tables = {t: current[t].copy() for t in TABLES}
+    for table, wanted in base(host, public_ip).items():
+        tables[table].chains.update(wanted.chains)
+        tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
+    tables["nat"].chains[DNAT] = dispatch(claims, touched=set())[DNAT]
     return tables
 
 

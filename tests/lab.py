@@ -40,7 +40,7 @@ def sh(*argv, check=True, input=None):
 
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
-                 lan="172.22.161.254/24", python=sys.executable):
+                 lan="172.22.161.254/24", lan_bridge=True, python=sys.executable):
         """``guests``: {vmid: {kind, config, node?, address?, serve?}}.
 
         A guest with an address gets a namespace on vmbr1 answering on ``serve``
@@ -54,6 +54,7 @@ class Lab:
         self.backend = backend
         self.config_source = config_source
         self.lan = lan
+        self.lan_bridge = lan_bridge  # False: pvenat install creates vmbr1
         self.gateway, self.prefixlen = lan.split("/")
         self.namespaces = []
         self.procs = []
@@ -80,15 +81,15 @@ class Lab:
         h = self.host
         self._netns(h)
         self._netns(self.inet)
+        lan = [["link", "add", "vmbr1", "type", "bridge"], ["addr", "add", self.lan, "dev", "vmbr1"],
+               ["link", "set", "vmbr1", "up"]] if self.lan_bridge else []
         for cmd in (["link", "add", "vmbr0", "type", "bridge"],
-                    ["link", "add", "vmbr1", "type", "bridge"],
                     ["link", "add", "eno1", "type", "veth", "peer", "name", "eth0",
                      "netns", self.inet],
                     ["link", "set", "eno1", "master", "vmbr0", "up"],
                     ["addr", "add", f"{PUBLIC_IP}/24", "dev", "vmbr0"],
-                    ["addr", "add", self.lan, "dev", "vmbr1"],
-                    ["link", "set", "vmbr0", "up"], ["link", "set", "vmbr1", "up"],
-                    ["route", "add", "default", "via", PEER_IP]):
+                    ["link", "set", "vmbr0", "up"],
+                    ["route", "add", "default", "via", PEER_IP], *lan):
             sh("ip", "-n", h, *cmd)
         for cmd in (["addr", "add", f"{PEER_IP}/24", "dev", "eth0"],
                     ["addr", "add", f"{LISTED_IP}/32", "dev", "lo"],
@@ -97,23 +98,27 @@ class Lab:
         self.sysctl(h, "net.ipv4.ip_forward", 1)
         self.sysctl(h, "net.bridge.bridge-nf-call-iptables", int(br_netfilter))
         for vmid, guest in self.guests.items():
-            if not guest.get("address"):
-                continue
-            kind, address, g = guest["kind"], guest["address"], self.ns(vmid)
-            self._netns(g)
-            port = f"tap{vmid}i0" if kind == "qemu" else f"veth{vmid}i0"
-            sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-               "netns", g)
-            sh("ip", "-n", h, "link", "set", port, "master", "vmbr1", "up")
-            sh("ip", "-n", g, "addr", "add", f"{address}/{self.prefixlen}", "dev", "eth0")
-            sh("ip", "-n", g, "link", "set", "eth0", "up")
-            sh("ip", "-n", g, "route", "add", "default", "via", self.gateway)
-            self.serve(g, f"g{vmid}", guest.get("serve", []))
+            if guest.get("address") and self.lan_bridge:
+                self.add_guest(vmid)
         self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
         self.write_fixture()
         self.write_config()
         if self.backend == "https":
             self._start_api()
+
+    def add_guest(self, vmid):
+        """The guest's namespace, its NIC on vmbr1 under PVE's port name, its servers."""
+        h, guest = self.host, self.guests[vmid]
+        kind, address, g = guest["kind"], guest["address"], self.ns(vmid)
+        self._netns(g)
+        port = f"tap{vmid}i0" if kind == "qemu" else f"veth{vmid}i0"
+        sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+           "netns", g)
+        sh("ip", "-n", h, "link", "set", port, "master", "vmbr1", "up")
+        sh("ip", "-n", g, "addr", "add", f"{address}/{self.prefixlen}", "dev", "eth0")
+        sh("ip", "-n", g, "link", "set", "eth0", "up")
+        sh("ip", "-n", g, "route", "add", "default", "via", self.gateway)
+        self.serve(g, f"g{vmid}", guest.get("serve", []))
 
     def sysctl(self, ns, key, value):
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
@@ -141,11 +146,16 @@ class Lab:
                                os.path.join(FAKEPVE, "server.py"), cert, key, "8006", TOKEN])
 
     def write_fixture(self, fault=None):
+        storage = {"local": {"content": "iso,vztmpl,backup", "type": "dir",
+                             "path": "/var/lib/vz"}}
+        if os.path.exists(self.fixture):  # keep what PUTs changed
+            with open(self.fixture) as f:
+                storage = json.load(f).get("storage", storage)
         guests = [{"vmid": vmid, "type": g["kind"], "node": g.get("node", "pve1"),
                    "status": g.get("status", "running"), "name": f"guest{vmid}",
                    "config": g["config"]} for vmid, g in self.guests.items()]
         with open(self.fixture, "w") as f:
-            json.dump({"guests": guests, "fault": fault}, f)
+            json.dump({"guests": guests, "fault": fault, "storage": storage}, f)
         shutil.rmtree(self.etc_pve, ignore_errors=True)
         for g in guests:
             path = os.path.join(self.etc_pve, api.conf_path(g))

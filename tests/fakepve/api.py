@@ -89,6 +89,16 @@ def handle(path, method="GET", params=None):
         with fixture(fixture_path) as data:
             return [dict(_summary(g), id=f"{g['type']}/{g['vmid']}", type=g["type"],
                          node=g["node"]) for g in data["guests"]]
+    m = re.fullmatch(r"/storage/([\w.-]+)", path)
+    if m and method == "GET":
+        with fixture(fixture_path) as data:
+            if m.group(1) not in data.get("storage", {}):
+                raise ApiError(500, f"storage '{m.group(1)}' does not exist")
+            return dict(data["storage"][m.group(1)], storage=m.group(1))
+    if m and method == "PUT":
+        with fixture(fixture_path, write=True) as data:
+            data["storage"][m.group(1)].update(params)
+        return None
     m = re.fullmatch(r"/nodes/([\w.-]+)/(qemu|lxc)(?:/([0-9]+)(/config|/status/current)?)?",
                      path)
     if not m:
