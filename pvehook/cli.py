@@ -66,6 +66,8 @@ def _parser():
     c.add_argument("--dry-run", action="store_true", help="print every change, make none")
     c.add_argument("--root", metavar="DIR", default="/", help="files under DIR, commands "
                    "aimed at it (for tests and labs; implies no PVE check)")
+    c.add_argument("--token", action="store_true", help="create a read-only API token and "
+                   "use the https backend (needed on PVE 8)")
     c = command("uninstall", cmd_install, "take back everything pvenat install and its hooks "
                 "added; other rules and files stay as they are", "pvenat uninstall --dry-run")
     c.add_argument("--dry-run", action="store_true", help="print every change, make none")
@@ -152,9 +154,10 @@ def cmd_install(args, host) -> int:
     from . import install  # only these two commands need it
 
     ctx = context(host)
-    installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend)
+    installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend,
+                                  config.config_path(args.config))
     if args.command == "install":
-        actions, notes = installer.install_actions(), []
+        actions, notes = installer.install_actions(args.token), []
     else:
         actions, notes = installer.uninstall_actions()
     install.run_actions(actions, args.dry_run, sys.stdout)

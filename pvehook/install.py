@@ -81,6 +81,8 @@ class Record:
     snippets_content: bool = False
     ip_forward_before: str = ""
     units: list = field(default_factory=list)
+    token: str = ""  # the API token pvenat created, USER!NAME
+    user: str = ""  # the PVE user pvenat created for it
 
     @classmethod
     def load(cls, system):
@@ -158,8 +160,10 @@ def stanza_address(text: str, span) -> str | None:
 
 
 class Installer:
-    def __init__(self, host, system: System, api, backend, lock_path=netfilter.LOCK_PATH):
+    def __init__(self, host, system: System, api, backend, config_path: str,
+                 lock_path=netfilter.LOCK_PATH):
         self.host = host
+        self.config_path = config_path
         self.system = system
         self.api = api
         self.backend = backend
@@ -167,13 +171,16 @@ class Installer:
 
     # --- install ---------------------------------------------------------------------
 
-    def install_actions(self) -> list[Action]:
+    def install_actions(self, token: bool = False) -> list[Action]:
         if self.system.root == "/" and not self.system.is_pve():
             raise PvenatError("host", "this is not a Proxmox VE host (no pveversion); pvenat "
                               "install changes nothing here")
         self.record = Record.load(self.system)
-        actions = [self._bridge(), self._sysctl(), self._rules(), self._snippet(),
-                   self._snippets_content(), self._units()]
+        # The token first: the storage step talks to the API with it.
+        token_action = self._token() if token else None
+        actions = [token_action, self._bridge(), self._sysctl(), self._rules(),
+                   self._snippet(), self._snippets_content(token_action is not None),
+                   self._units()]
         return [a for a in actions if a is not None]
 
     def _remember(self, **facts):
@@ -295,18 +302,24 @@ class Installer:
 
         return Action(f"install the hookscript as {path}", diff(path, read(path), new), apply)
 
-    def _snippets_content(self):
+    def _snippets_content(self, token_pending: bool):
+        """Storage 'local' must hold snippets for local:snippets/pvenat.py to resolve.
+        Before a token exists the API cannot be asked, so it is asked when applying."""
+        what = "let storage 'local' hold snippets (keeping its other content types)"
+        if token_pending:
+            return Action(what + ", once the token exists", "pvesh set /storage/local "
+                          "--content <its content types>,snippets", self._add_snippets)
         content = self.api.storage_content("local")
         if "snippets" in content:
             return None
-        new = ",".join(content + ["snippets"])
+        return Action(what, f"pvesh set /storage/local --content "
+                      f"{','.join(content + ['snippets'])}", self._add_snippets)
 
-        def apply():
-            self.api.set_storage_content("local", new)
+    def _add_snippets(self):
+        content = self.api.storage_content("local")
+        if "snippets" not in content:
+            self.api.set_storage_content("local", ",".join(content + ["snippets"]))
             self._remember(snippets_content=True)
-
-        return Action("let storage 'local' hold snippets (keeping its other content types)",
-                      f"pvesh set /storage/local --content {new}", apply)
 
     def _units(self):
         argv = self.system.systemctl("enable", "--now", *UNITS) if self.system.root == "/" \
@@ -322,6 +335,57 @@ class Installer:
             self._remember(units=list(UNITS))
 
         return Action("enable the boot unit and the sync timer", " ".join(argv), apply)
+
+    def _token(self):
+        """A read-only API token for the https backend (PVE 8's proxmoxer has no local
+        one): made with pveum, as root on the node, stored root-only."""
+        s = self.host.pve
+        tokenid = f"{s.user}!{s.token_name}"
+        have_file = os.path.exists(s.token_file)
+        if have_file and s.backend == "https":
+            return None
+        config = read(self.config_path) or ""
+        if re.search(r"(?m)^pve:", config) and s.backend != "https":
+            raise PvenatError("config", f"{self.config_path} has a 'pve:' section with backend "
+                              f"{s.backend}; set 'backend: https' there, then run pvenat "
+                              "install --token again")
+        steps = [f"pveum user add {s.user}", f"pveum user token add {s.user} {s.token_name} "
+                 f"--privsep 1 > {s.token_file}",
+                 f"pveum acl modify /vms --tokens '{tokenid}' --roles PVEAuditor"]
+        if s.backend != "https":
+            steps.append(f"append 'pve: {{backend: https}}' to {self.config_path}")
+
+        def apply():
+            users = json.loads(self.system.run("pveum", "user", "list", "--output-format",
+                                               "json"))
+            if s.user not in {u.get("userid") for u in users}:
+                self.system.run("pveum", "user", "add", s.user, "--comment",
+                                "pvenat hookscript, read-only")
+                self._remember(user=s.user)
+            if not have_file:
+                # A token's secret cannot be read back: a lost file means a new token.
+                try:
+                    self.system.run("pveum", "user", "token", "remove", s.user, s.token_name)
+                except PvenatError:
+                    pass  # there was none
+                out = self.system.run("pveum", "user", "token", "add", s.user, s.token_name,
+                                      "--privsep", "1", "--output-format", "json")
+                secret = json.loads(out)["value"]
+                os.makedirs(os.path.dirname(s.token_file), exist_ok=True)
+                fd = os.open(s.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secret + "\n")
+                self._remember(token=tokenid)
+            self.system.run("pveum", "acl", "modify", "/vms", "--tokens", tokenid, "--roles",
+                            "PVEAuditor")
+            if s.backend != "https":
+                write_atomic(self.config_path, config + ("" if config.endswith("\n") or not
+                                                         config else "\n") +
+                             "# added by pvenat install --token\npve:\n  backend: https\n"
+                             f"  token_file: {s.token_file}\n")
+
+        return Action(f"create the read-only API token {tokenid} for the https backend",
+                      "\n".join(steps), apply)
 
     # --- uninstall -------------------------------------------------------------------
 
@@ -360,12 +424,27 @@ class Installer:
         if users:
             notes.append(f"kept {self.host.lan_bridge}: guests {', '.join(users)} have a "
                          "NIC on it; move them, then run pvenat uninstall again")
-            actions.append(Action("remember that pvenat created the bridge", RECORD,
-                                  lambda: write_atomic(self.system.path(RECORD),
-                                                       Record(bridge=True).text())))
+            kept = Record(bridge=True, token=record.token, user=record.user)
+            actions.append(Action("remember what pvenat still has to take back", RECORD,
+                                  lambda: write_atomic(self.system.path(RECORD), kept.text())))
             return actions, notes
         if record.bridge:
             actions.append(self._drop_bridge())
+        # The token last: the steps before still talk to the API with it.
+        if record.token:
+            user, name = record.token.split("!")
+            actions.append(Action(f"remove the API token {record.token}",
+                                  f"pveum user token remove {user} {name}",
+                                  lambda: self.system.run("pveum", "user", "token", "remove",
+                                                          user, name)))
+            if os.path.exists(self.host.pve.token_file):
+                actions.append(Action(f"remove {self.host.pve.token_file}", "",
+                                      lambda: os.remove(self.host.pve.token_file)))
+        if record.user:
+            actions.append(Action(f"remove the PVE user {record.user}",
+                                  f"pveum user delete {record.user}",
+                                  lambda: self.system.run("pveum", "user", "delete",
+                                                          record.user)))
         if os.path.exists(self.system.path(RECORD)):
             actions.append(Action("forget the install record", RECORD,
                                   lambda: os.remove(self.system.path(RECORD))))

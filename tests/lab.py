@@ -146,16 +146,16 @@ class Lab:
                                os.path.join(FAKEPVE, "server.py"), cert, key, "8006", TOKEN])
 
     def write_fixture(self, fault=None):
-        storage = {"local": {"content": "iso,vztmpl,backup", "type": "dir",
-                             "path": "/var/lib/vz"}}
-        if os.path.exists(self.fixture):  # keep what PUTs changed
+        kept = {"storage": {"local": {"content": "iso,vztmpl,backup", "type": "dir",
+                                      "path": "/var/lib/vz"}}}
+        if os.path.exists(self.fixture):  # keep what PUTs and pveum changed
             with open(self.fixture) as f:
-                storage = json.load(f).get("storage", storage)
+                kept = {k: v for k, v in json.load(f).items() if k not in ("guests", "fault")}
         guests = [{"vmid": vmid, "type": g["kind"], "node": g.get("node", "pve1"),
                    "status": g.get("status", "running"), "name": f"guest{vmid}",
                    "config": g["config"]} for vmid, g in self.guests.items()]
         with open(self.fixture, "w") as f:
-            json.dump({"guests": guests, "fault": fault, "storage": storage}, f)
+            json.dump(dict(kept, guests=guests, fault=fault), f)
         shutil.rmtree(self.etc_pve, ignore_errors=True)
         for g in guests:
             path = os.path.join(self.etc_pve, api.conf_path(g))

@@ -190,3 +190,30 @@ def test_refuses_on_a_host_that_is_not_pve(lab):
                              "pvehook", "install"], capture_output=True, text=True)
     assert result.returncode == 1
     assert "this is not a Proxmox VE host (no pveversion)" in result.stderr
+
+
+def test_token_for_the_https_backend(lab):
+    token_file = os.path.join(lab.dir, "token")
+    os.remove(token_file)
+    assert lab.hook(101, "pre-start").returncode == 1  # no token, no API
+    out = run(lab, "install", "--token")
+    assert "create the read-only API token pvenat@pve!hook for the https backend" in out
+    assert os.stat(token_file).st_mode & 0o777 == 0o600
+    with open(lab.fixture) as f:
+        fixture = json.load(f)
+    with open(token_file) as f:
+        assert fixture["tokens"] == {"pvenat@pve!hook": f.read().strip()}
+    assert fixture["acl"] == [{"path": "/vms", "tokens": "pvenat@pve!hook",
+                               "roles": "PVEAuditor"}]
+    lab.add_guest(101)
+    result = lab.hook(101, "pre-start")  # through the fake HTTPS API, with the new token
+    assert result.returncode == 0, result.stderr
+    assert lab.hook(101, "post-stop").returncode == 0
+    lab.guests[101]["config"]["net0"] = "virtio=BC:24:11:00:00:01,bridge=vmbr0"
+    lab.write_fixture()
+    out = run(lab, "uninstall")
+    assert "remove the API token pvenat@pve!hook" in out and "remove the PVE user" in out
+    with open(lab.fixture) as f:
+        fixture = json.load(f)
+    assert fixture["tokens"] == {} and fixture["users"] == {}
+    assert not os.path.exists(token_file)

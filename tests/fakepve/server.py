@@ -20,7 +20,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method):
         url = urlsplit(self.path)
-        if self.headers.get("Authorization") != f"PVEAPIToken={self.token}":
+        with api.fixture(os.environ["PVENAT_FAKE_PVE"]) as data:
+            known = [f"{i}={v}" for i, v in data.get("tokens", {}).items()] + [self.token]
+        if self.headers.get("Authorization") not in [f"PVEAPIToken={t}" for t in known]:
             return self._send(401, "authentication failure", {"data": None})
         params = dict(parse_qsl(url.query))
         length = int(self.headers.get("Content-Length") or 0)
