@@ -1,5 +1,7 @@
 # pvenat developer entry points. Run as root: the tests build network namespaces.
 #   make test    both test runs: Debian's python3-* libraries, then current PyPI releases
+#   make demo    a simulated PVE host in namespaces and the flows pvenat makes work
+#                (KEEP=1 leaves it up; make demo-down removes it)
 #   make deps    what the tests need: apt packages and the PyPI virtualenv (.venv)
 
 PY_DEBIAN := /usr/bin/python3
@@ -10,7 +12,7 @@ APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3
 	lintian fakeroot git ifupdown2
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
 
-.PHONY: test test-debian test-pypi test-package deps bench
+.PHONY: test test-debian test-pypi test-package deps bench demo demo-down
 
 test: deps test-debian test-pypi test-package
 
@@ -38,3 +40,9 @@ deps:
 bench: deps
 	$(PY_DEBIAN) bench/bench.py
 	$(VENV)/bin/python bench/bench.py
+
+demo: deps
+	$(PY_DEBIAN) tests/demo.py
+
+demo-down:
+	$(PY_DEBIAN) tests/demo.py down

@@ -13,6 +13,7 @@ The fake PVE API answers from a file; guest configs are read from .conf files
 """
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -185,7 +186,8 @@ def _has_local_backend():
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: run as root (network namespaces, iptables)")
-    binary = os.path.join(tempfile.mkdtemp(prefix="pvenat-bench-"), "connrate")
+    scratch = tempfile.mkdtemp(prefix="pvenat-bench-")
+    binary = os.path.join(scratch, "connrate")
     subprocess.run(["cc", "-O2", "-o", binary, os.path.join(HERE, "connrate.c")], check=True)
     backend = "local" if _has_local_backend() else "https"
     lab = Lab(guests(), config_source="files", lan="172.22.0.254/16", backend=backend)
@@ -210,7 +212,7 @@ def main():
             bars += bench_datapath(lab, report, binary)
     finally:
         lab.close()
-        os.unlink(binary)
+        shutil.rmtree(scratch)
     print("bars:")
     for name, ok, figure in bars:
         print(f"  {'PASS' if ok else 'MISS'} {name}: {figure}")
