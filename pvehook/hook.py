@@ -10,9 +10,9 @@ post-stop   remove the guest's rules; never fails the stop, needs no API.
 import os
 import sys
 
-from . import config, hostnet, logs, netfilter, ruleset, spec
+from . import config, hostnet, index, logs, netfilter, ruleset, spec
 from .errors import PvenatError
-from .plan import Held, plan_guest, summary
+from .plan import Claim, Held, plan_guest, summary
 from .pve import PveApi
 from .pveconf import ConfigFiles
 
@@ -88,13 +88,58 @@ def start_change(ctx, plan, public_ip):
     return change
 
 
+def change_guest(ctx, vmid, plan, public_ip) -> str:
+    """Apply one guest's start (plan) or stop (None); returns the script applied.
+
+    Built on pvenat's index when it can be trusted, without reading the kernel; when
+    there is none, or the kernel refuses a change built on it, read the kernel.
+    The caller holds the lock.
+    """
+    state = ctx.host.state_dir
+    known = index.load(state)
+    if known is not None and (plan is None or known.public_ip == public_ip):
+        if plan is not None:
+            Held(known.claims, known.addresses).check(plan)
+        old = [c for c in known.claims if c.vmid == vmid]
+        new = [] if plan is None else [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
+        if not old and not new:
+            return ""
+        current = known.tables(ctx.host, vmid, old + new)
+        script = ruleset.restore_script(current, ruleset.with_guest(
+            current, ctx.host, known.public_ip, vmid, plan, known.claims))
+        after = known.without(vmid) if plan is None else known.with_plan(plan, public_ip)
+        if plan is not None:  # claims are recorded before they exist, and kept until gone
+            index.save(state, index.Index(public_ip, sorted(set(known.claims + after.claims)),
+                                          {**known.addresses, **after.addresses}))
+        try:
+            if script:
+                ctx.backend.apply(script)
+            index.save(state, after)
+            return script
+        except netfilter.KernelRefused as e:
+            log.warning("index.stale", vmid=vmid, error=e.stderr)
+    wanted = {}
+
+    def change(current):
+        if plan is None:
+            wanted["tables"] = ruleset.with_guest(current, ctx.host, None, vmid, None)
+        else:
+            wanted["tables"] = start_change(ctx, plan, public_ip)(current)
+        return wanted["tables"]
+
+    index.drop(state)  # while the kernel changes under a recorded index, trust neither
+    script = netfilter.update(ctx.backend, change)
+    index.save(state, index.from_tables(wanted["tables"], public_ip or ""))
+    return script
+
+
 def pre_start(ctx, vmid):
     plan = load_plan(ctx, vmid)
     if plan is None:
         return ""
     pub = hostnet.public_ip(ctx.host)
     with netfilter.locked(ctx.lock_path):
-        script = netfilter.update(ctx.backend, start_change(ctx, plan, pub))
+        script = change_guest(ctx, vmid, plan, pub)
     log.info("guest.started", vmid=vmid, address=plan.address, changed=bool(script),
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards])
     return summary(plan, pub)
@@ -114,11 +159,11 @@ def post_start(ctx, vmid):
 def post_stop(ctx, vmid):
     """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
     try:
-        if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
+        known = index.load(ctx.host.state_dir)
+        if known is None and not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
             return ""
         with netfilter.locked(ctx.lock_path):
-            script = netfilter.update(
-                ctx.backend, lambda cur: ruleset.with_guest(cur, ctx.host, None, vmid, None))
+            script = change_guest(ctx, vmid, None, None)
     except PvenatError as e:
         log.error("guest.stop_failed", vmid=vmid, error=e.message)
         return f"pvenat: {vmid}: WARNING: rules not removed: {e.message}; run 'pvenat sync'"

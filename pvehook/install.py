@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from . import hostnet, logs, netfilter, ruleset
+from . import files, hostnet, index, logs, netfilter, ruleset
 from .errors import PvenatError
 
 log = logs.get_logger("pvenat.install")
@@ -100,18 +100,7 @@ class Record:
 
 
 def write_atomic(path: str, text: str):
-    """Temp file in the same folder, fsync, replace; the old file kept as .pvenat-backup."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.exists(path):
-        shutil.copy2(path, path + ".pvenat-backup")
-    tmp = f"{path}.pvenat-tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if os.path.exists(path):
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
+    files.write_atomic(path, text, backup=True)
 
 
 def read(path: str):
@@ -280,6 +269,7 @@ class Installer:
 
         def apply():
             with netfilter.locked(self.lock_path):
+                index.drop(self.host.state_dir)
                 netfilter.update(self.backend,
                                  lambda cur: ruleset.with_base(cur, self.host, pub))
 
@@ -399,6 +389,7 @@ class Installer:
         if script:
             def drop_rules():
                 with netfilter.locked(self.lock_path):
+                    index.drop(self.host.state_dir)
                     netfilter.update(self.backend, lambda cur: empty)
             actions.append(Action("remove every pvenat chain and jump (iptables)", script,
                                   drop_rules))

@@ -8,8 +8,8 @@ the sync still compares every chain. Lives in /run, so a reboot starts it afresh
 
 import hashlib
 import json
-import os
 
+from . import files
 from .plan import GuestPlan
 from .spec import Forward
 
@@ -40,8 +40,4 @@ def save(path: str, plans: dict):
     raw = {key: None if p is None else [p.vmid, p.address, [
         [f.proto, f.public, f.guest, f.allow, f.origin] for f in p.forwards]]
         for key, p in plans.items()}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(raw, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(raw, separators=(",", ":")))

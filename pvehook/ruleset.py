@@ -106,21 +106,29 @@ def dispatch(claims, touched=None) -> dict:
     """PVENAT-DNAT and the port trees for a set of non-overlapping claims.
 
     With ``touched``, a set of (proto, hex prefix), only those tree nodes are rendered:
-    a hook changes one guest's claims, and only the nodes on their paths change.
+    a hook changes one guest's claims, and only the nodes on their paths change. Then
+    only the claims under those nodes are looked at, and the root's few facts are
+    taken from the rest with integer arithmetic.
     """
-    chains = {DNAT: []}
+    chains = {DNAT: dnat_rules(claims)}
     for proto in ("tcp", "udp"):
         mine = sorted(c for c in claims if c.proto == proto)
         if not mine:
             continue
         root = PREFIX + proto.upper()
-        chains[DNAT].append(f"-p {proto} -j {root}")
         nodes: dict[str, tuple[list, set]] = {}  # hex prefix -> (claims, child prefixes)
+        if touched is not None:
+            if (proto, "") in touched:  # the root: claims across its 16 parts, and the parts
+                nodes[""] = ([c for c in mine if c.lo >> 12 != c.hi >> 12],
+                             {f"{c.lo >> 12:X}" for c in mine if c.lo >> 12 == c.hi >> 12})
+            spans = [(int(p.ljust(4, "0"), 16), int(p.ljust(4, "F"), 16))
+                     for pr, p in touched if pr == proto and p]
+            mine = [c for c in mine if any(a <= c.lo and c.hi <= b for a, b in spans)]
         for c in mine:
             prefix = _node_prefix(c.lo, c.hi)
             if touched is None or (proto, prefix) in touched:
                 nodes.setdefault(prefix, ([], set()))[0].append(c)
-            for k in range(len(prefix), 0, -1):
+            for k in range(len(prefix), 1 if touched is not None else 0, -1):
                 if touched is None or (proto, prefix[:k - 1]) in touched:
                     nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
         for prefix, (held, children) in nodes.items():
@@ -133,7 +141,13 @@ def dispatch(claims, touched=None) -> dict:
     return {k: tuple(v) for k, v in chains.items()}
 
 
-def _path(claim) -> set:
+def dnat_rules(claims) -> list:
+    """PVENAT-DNAT: one jump a protocol that has claims."""
+    protos = {c.proto for c in claims}
+    return [f"-p {p} -j {PREFIX}{p.upper()}" for p in ("tcp", "udp") if p in protos]
+
+
+def claim_path(claim) -> set:
     """The tree nodes from the root down to the claim's node, as (proto, prefix)."""
     prefix = _node_prefix(claim.lo, claim.hi)
     return {(claim.proto, prefix[:k]) for k in range(len(prefix) + 1)}
@@ -183,7 +197,7 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=No
         changed += mine
     if not (held or DNAT in nat.chains):
         return tables
-    touched = set().union(*map(_path, changed))
+    touched = set().union(set(), *map(claim_path, changed))
     rendered = dispatch(held, touched)
     for proto, prefix in touched:  # nodes left without claims go
         name = _node(PREFIX + proto.upper(), prefix)
@@ -200,7 +214,7 @@ def with_base(current: Tables, host, public_ip: str, claims=None) -> Tables:
     for table, wanted in base(host, public_ip).items():
         tables[table].chains.update(wanted.chains)
         tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
-    tables["nat"].chains[DNAT] = dispatch(claims, touched=set())[DNAT]
+    tables["nat"].chains[DNAT] = tuple(dnat_rules(claims))
     return tables
 
 

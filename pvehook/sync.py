@@ -9,7 +9,7 @@ import bisect
 import os
 from dataclasses import dataclass, field
 
-from . import hostnet, logs, netfilter, plancache, ruleset, spec
+from . import hostnet, index, logs, netfilter, plancache, ruleset, spec
 from .errors import PvenatError
 from .plan import Held, plan_guest
 
@@ -129,7 +129,15 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
             current = ctx.backend.read()
             result.script = ruleset.restore_script(current, change(current))
         else:
-            result.script = netfilter.update(ctx.backend, change)
+            wanted = {}
+            index.drop(host.state_dir)  # while the kernel changes, hooks read the kernel
+
+            def remember(current):
+                wanted["tables"] = change(current)
+                return wanted["tables"]
+
+            result.script = netfilter.update(ctx.backend, remember)
+            index.save(host.state_dir, index.from_tables(wanted["tables"], pub))
         ports = hostnet.guest_ports(host.lan_bridge, ctx.sysfs)
         for vmid in result.forwarded:
             for port in ports.get(vmid, []):

@@ -166,3 +166,19 @@ def test_empty_start_then_remove_keeps_base():
 def test_claim_sits_in_deepest_common_node(lo, hi, node):
     chains = ruleset.dispatch([Claim("tcp", lo, hi, 9)])
     assert any(r.endswith("-j PVENAT-9") for r in chains[node])
+
+
+def test_touched_nodes_render_as_the_whole_tree_does():
+    rng = random.Random(3)
+    claims, port = [], 10000
+    for vmid in range(300):
+        width = rng.choice([1, 3, 40, 300])
+        claims.append(Claim(rng.choice(["tcp", "udp"]), port, port + width - 1, vmid))
+        port += width + rng.choice([0, 7])
+    full = ruleset.dispatch(claims)
+    for c in rng.sample(claims, 20):
+        touched = ruleset.claim_path(c)
+        part = ruleset.dispatch(claims, touched)
+        names = {ruleset._node(ruleset.PREFIX + p.upper(), prefix) for p, prefix in touched}
+        assert set(part) == names | {ruleset.DNAT}
+        assert all(part[n] == full[n] for n in part)

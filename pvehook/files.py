@@ -1,0 +1,21 @@
+"""Writing files so that a crash leaves the old content or the new, never half of it."""
+
+import os
+import shutil
+
+
+def write_atomic(path: str, text: str, backup: bool = False):
+    """Temp file in the same folder, fsync, replace; with ``backup``, the old file is kept
+    beside it as PATH.pvenat-backup."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    exists = os.path.exists(path)
+    if exists and backup:
+        shutil.copy2(path, path + ".pvenat-backup")
+    tmp = f"{path}.{os.getpid()}.pvenat-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if exists:
+        shutil.copymode(path, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,79 @@
+"""What pvenat last wrote to the kernel, so that a hook need not read every rule back.
+
+On a host with a thousand guests, reading the nat table (iptables-save) costs a hook as
+much as writing it. The kernel stays the truth: sync reads it and rewrites this file,
+install and uninstall drop it, and a hook whose change, built on this file, is refused
+by the kernel falls back to reading the kernel. The file errs on the safe side when a
+hook dies at any moment: a start records its claims before applying them, a stop
+forgets them only after removing them. A stale claim blocks a port until the next sync
+(every minute); it never lets two guests share one.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from . import files, ruleset
+from .plan import Claim
+
+NAME = "index.json"
+
+
+@dataclass
+class Index:
+    public_ip: str = ""  # the base rules are in place for this address ("" = unknown)
+    claims: list = field(default_factory=list)  # Claim
+    addresses: dict = field(default_factory=dict)  # guest address -> VMID
+
+    def without(self, vmid: int) -> "Index":
+        return Index(self.public_ip, [c for c in self.claims if c.vmid != vmid],
+                     {a: v for a, v in self.addresses.items() if v != vmid})
+
+    def with_plan(self, plan, public_ip: str) -> "Index":
+        out = self.without(plan.vmid)
+        out.public_ip = public_ip
+        out.claims += [Claim(f.proto, *f.public, plan.vmid) for f in plan.forwards]
+        out.addresses[plan.address] = plan.vmid
+        return out
+
+    def tables(self, host, vmid: int, touched_claims) -> ruleset.Tables:
+        """The kernel as this file says it is, for the chains a hook of ``vmid`` touches:
+        the base rules, the tree nodes on the paths of ``touched_claims``, and the guest's
+        own chain (its rules unknown, so it is always rewritten)."""
+        tables = ruleset.with_base({t: ruleset.Table() for t in ruleset.TABLES}, host,
+                                   self.public_ip, self.claims)
+        touched = set().union(set(), *map(ruleset.claim_path, touched_claims))
+        tables["nat"].chains.update(ruleset.dispatch(self.claims, touched))
+        if any(c.vmid == vmid for c in self.claims):
+            tables["nat"].chains[ruleset.guest_chain(vmid)] = ("(not read from the kernel)",)
+        return tables
+
+
+def from_tables(tables: ruleset.Tables, public_ip: str) -> Index:
+    return Index(public_ip, ruleset.held_claims(tables), ruleset.guest_addresses(tables))
+
+
+def load(state_dir: str):
+    """The index, or None when there is none or it cannot be read."""
+    try:
+        with open(os.path.join(state_dir, NAME), encoding="utf-8") as f:
+            raw = json.load(f)
+        return Index(raw["public_ip"], [Claim(*c) for c in raw["claims"]],
+                     {a: int(v) for a, v in raw["addresses"].items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(state_dir: str, index: Index):
+    """Atomically: a reader sees the old file or the new one."""
+    files.write_atomic(os.path.join(state_dir, NAME), json.dumps(
+        {"public_ip": index.public_ip, "claims": index.claims, "addresses": index.addresses},
+        separators=(",", ":")))
+
+
+def drop(state_dir: str):
+    """After a change not made by a hook: the next hook reads the kernel."""
+    try:
+        os.remove(os.path.join(state_dir, NAME))
+    except FileNotFoundError:
+        pass
