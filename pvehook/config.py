@@ -3,7 +3,7 @@
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import yamlstrict
 from .errors import PvenatError
@@ -13,8 +13,7 @@ DEFAULT_PATH = "/etc/pvenat/pvenat.yaml"
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
-@dataclass(frozen=True)
-class PveSettings:
+class PveSettings(NamedTuple):
     backend: str = "local"  # local: pvesh on this node; https: API token
     node: str = "auto"  # auto: this host's short hostname, as PVE names nodes
     host: str = "127.0.0.1"
@@ -31,8 +30,7 @@ class PveSettings:
         return os.uname().nodename.split(".")[0] if self.node == "auto" else self.node
 
 
-@dataclass(frozen=True)
-class HostConfig:
+class HostConfig(NamedTuple):
     wan_bridge: str = "vmbr0"
     public_ip: str = "auto"  # or an IPv4 address
     lan_bridge: str = "vmbr1"
@@ -43,7 +41,7 @@ class HostConfig:
     max_forwards: int = 64
     log_file: str = "/var/log/pvenat.log"
     state_dir: str = "/run/pvenat"  # caches only; safe to delete
-    pve: PveSettings = field(default_factory=PveSettings)
+    pve: PveSettings = PveSettings()
 
     @property
     def lan_network(self) -> ipaddress.IPv4Network:
@@ -92,7 +90,7 @@ def parse(text: str, path: str) -> HostConfig:
 
 
 def _fields(node, cls, path, prefix) -> dict:
-    known = cls.__dataclass_fields__
+    known = cls._fields
     out = {}
     for key, value in node.items.items():
         where = f"{path}, line {node.keys[key]}: {prefix}{key}"

@@ -11,7 +11,7 @@ forgets them only after removing them. A stale claim blocks a port until the nex
 
 import json
 import os
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import files, ruleset
 from .plan import Claim
@@ -19,11 +19,10 @@ from .plan import Claim
 NAME = "index.json"
 
 
-@dataclass
-class Index:
-    public_ip: str = ""  # the base rules are in place for this address ("" = unknown)
-    claims: list = field(default_factory=list)  # Claim
-    addresses: dict = field(default_factory=dict)  # guest address -> VMID
+class Index(NamedTuple):
+    public_ip: str  # the base rules are in place for this address ("" = unknown)
+    claims: list  # Claim
+    addresses: dict  # guest address -> VMID
 
     def without(self, vmid: int) -> "Index":
         return Index(self.public_ip, [c for c in self.claims if c.vmid != vmid],
@@ -31,10 +30,9 @@ class Index:
 
     def with_plan(self, plan, public_ip: str) -> "Index":
         out = self.without(plan.vmid)
-        out.public_ip = public_ip
-        out.claims += [Claim(f.proto, *f.public, plan.vmid) for f in plan.forwards]
-        out.addresses[plan.address] = plan.vmid
-        return out
+        return Index(public_ip, out.claims + [Claim(f.proto, *f.public, plan.vmid)
+                                              for f in plan.forwards],
+                     {**out.addresses, plan.address: plan.vmid})
 
     def tables(self, host, vmid: int, touched_claims) -> ruleset.Tables:
         """The kernel as this file says it is, for the chains a hook of ``vmid`` touches:

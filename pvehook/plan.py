@@ -6,7 +6,6 @@ what the host allows and what other guests already hold.
 
 import bisect
 import ipaddress
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .config import HostConfig
@@ -15,8 +14,7 @@ from .ports import format_range
 from .spec import Forward, GuestSpec, nic_address
 
 
-@dataclass(frozen=True)
-class GuestPlan:
+class GuestPlan(NamedTuple):
     vmid: int
     address: str
     forwards: tuple[Forward, ...]

@@ -1,7 +1,7 @@
 """Port numbers and port sets, as written in the host config and in guest specs."""
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # ASCII digits only: int() would also take Unicode digits such as "１２".
 _RANGE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
@@ -34,8 +34,7 @@ def format_range(lo: int, hi: int, sep: str = "-") -> str:
     return str(lo) if lo == hi else f"{lo}{sep}{hi}"
 
 
-@dataclass(frozen=True)
-class PortSet:
+class PortSet(NamedTuple):
     """A union of inclusive port ranges."""
 
     ranges: tuple[tuple[int, int], ...]

@@ -6,7 +6,7 @@ post-start) never pay for it.
 
 import signal
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .config import PveSettings
 from .errors import PvenatError
@@ -14,15 +14,13 @@ from .errors import PvenatError
 KINDS = ("qemu", "lxc")
 
 
-@dataclass(frozen=True)
-class Guest:
+class Guest(NamedTuple):
     vmid: int
     kind: str  # qemu or lxc
     config: dict
 
 
-@dataclass(frozen=True)
-class GuestInfo:
+class GuestInfo(NamedTuple):
     vmid: int
     kind: str
     name: str

@@ -20,8 +20,6 @@ whatever the number of guests. Nodes exist only where claims are.
 """
 
 import re
-from dataclasses import dataclass, field
-
 from .plan import Claim, GuestPlan
 from .ports import format_range
 
@@ -46,10 +44,12 @@ def is_tree_chain(chain: str) -> bool:
     return chain.startswith((PREFIX + "TCP", PREFIX + "UDP"))
 
 
-@dataclass
 class Table:
-    chains: dict = field(default_factory=dict)  # chain -> tuple of rule specs
-    jumps: list = field(default_factory=list)  # (built-in chain, rule spec), in order
+    """pvenat's part of one table."""
+
+    def __init__(self, chains=None, jumps=None):
+        self.chains = {} if chains is None else chains  # chain -> tuple of rule specs
+        self.jumps = [] if jumps is None else jumps  # (built-in chain, rule spec), in order
 
     def copy(self) -> "Table":
         return Table(dict(self.chains), list(self.jumps))

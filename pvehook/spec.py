@@ -6,7 +6,7 @@ config (pool, reserved ports, subnet) live in plan.py.
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import yamlstrict
 from .errors import PvenatError
@@ -23,8 +23,7 @@ _NET_KEY = re.compile(r"net([0-9]+)")
 _PROTOS = {"tcp": ("tcp",), "udp": ("udp",), "both": ("tcp", "udp")}
 
 
-@dataclass(frozen=True, order=True)
-class Forward:
+class Forward(NamedTuple):
     """One protocol's public port range to the same-length guest range."""
 
     proto: str
@@ -44,8 +43,7 @@ class Forward:
         return self.ports() + (f" from {','.join(self.sources())}" if self.allow else "")
 
 
-@dataclass(frozen=True)
-class GuestSpec:
+class GuestSpec(NamedTuple):
     vmid: int
     ip: str | None  # from "ip:", else found in the NIC config by plan.py
     forwards: tuple[Forward, ...]

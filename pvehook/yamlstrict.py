@@ -5,27 +5,24 @@ scalars stay strings (so ``2222:22`` is not the sexagesimal integer 133342 and `
 not ``True``), and callers read values with the line they came from.
 """
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import yaml
 
 from .errors import PvenatError
 
 
-@dataclass(frozen=True)
-class Scalar:
+class Scalar(NamedTuple):
     value: str
     line: int
 
 
-@dataclass(frozen=True)
-class Seq:
+class Seq(NamedTuple):
     items: tuple
     line: int
 
 
-@dataclass(frozen=True)
-class Map:
+class Map(NamedTuple):
     items: dict  # str -> node
     keys: dict  # str -> line of the key
     line: int
