@@ -17,6 +17,7 @@ from . import files, ruleset
 from .plan import Claim
 
 NAME = "index.json"
+UNKNOWN = ("(rules not read from the kernel)",)
 
 
 class Index(NamedTuple):
@@ -36,14 +37,18 @@ class Index(NamedTuple):
 
     def tables(self, host, vmid: int, touched_claims) -> ruleset.Tables:
         """The kernel as this file says it is, for the chains a hook of ``vmid`` touches:
-        the base rules, the tree nodes on the paths of ``touched_claims``, and the guest's
-        own chain (its rules unknown, so it is always rewritten)."""
+        the base rules, PVENAT-DNAT and the tree nodes on the paths of ``touched_claims``,
+        and the guest's own chain. The rules of those chains are not known (a hook killed
+        between recording and applying leaves this file ahead of the kernel), so they are
+        marked unknown and always rewritten; a chain that is not there after all makes
+        the kernel refuse the change, and the hook reads the kernel instead."""
         tables = ruleset.with_base({t: ruleset.Table() for t in ruleset.TABLES}, host,
                                    self.public_ip, self.claims)
         touched = set().union(set(), *map(ruleset.claim_path, touched_claims))
-        tables["nat"].chains.update(ruleset.dispatch(self.claims, touched))
+        nat = tables["nat"]
+        nat.chains.update({chain: UNKNOWN for chain in ruleset.dispatch(self.claims, touched)})
         if any(c.vmid == vmid for c in self.claims):
-            tables["nat"].chains[ruleset.guest_chain(vmid)] = ("(not read from the kernel)",)
+            nat.chains[ruleset.guest_chain(vmid)] = UNKNOWN
         return tables
 
 
