@@ -12,7 +12,7 @@ APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3
 	lintian fakeroot git ifupdown2
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
 
-.PHONY: test test-debian test-pypi test-package deps bench demo demo-down
+.PHONY: test test-debian test-pypi test-package deps bench demo demo-down deb
 
 test: deps test-debian test-pypi test-package
 
@@ -46,3 +46,7 @@ demo: deps
 
 demo-down:
 	$(PY_DEBIAN) tests/demo.py down
+
+# The Debian package, built from the work tree into build/.
+deb:
+	tests/build-deb $(CURDIR)/build

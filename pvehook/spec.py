@@ -10,11 +10,11 @@ from typing import NamedTuple
 
 from . import yamlstrict
 from .errors import PvenatError
-from .ports import format_range, parse_port, parse_range
+from .ports import format_range, parse_range
 
 MAX_BLOCK = 16 * 1024  # PVE itself caps Notes at 8 KiB; anything larger is not ours
 _FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*")
-_TAG = re.compile(r"pvenat-([0-9]{1,5})(?:-([0-9]{1,5}))?")
+_TAG = re.compile(r"pvenat-([0-9]{1,5}(?:-[0-9]{1,5})?)")
 # 10000-10099 | 2222:22 | 8000-8009:9000-9009, then /tcp /udp /both
 _ENTRY = re.compile(r"([0-9]{1,5}(?:-[0-9]{1,5})?)(?::([0-9]{1,5}(?:-[0-9]{1,5})?))?"
                     r"(?:/(tcp|udp|both))?")
@@ -236,13 +236,9 @@ def _parse_tags(vmid, tags):
                               "but is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
                               "pvenat-8080 or pvenat-10000-10099")
         try:
-            lo = parse_port(m.group(1))
-            hi = parse_port(m.group(2)) if m.group(2) else lo
+            lo, hi = parse_range(m.group(1))
         except ValueError as e:
             raise PvenatError("spec", f"guest {vmid}: tag {tag!r}: {e}") from None
-        if hi < lo:
-            raise PvenatError("spec", f"guest {vmid}: tag {tag!r} is reversed; use "
-                              f"pvenat-{hi}-{lo}")
         out.append([Forward(p, (lo, hi), (lo, hi), (), f"tag {tag}") for p in ("tcp", "udp")])
     return out
 

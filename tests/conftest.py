@@ -7,7 +7,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from lab import FAKEPVE, TOKEN  # noqa: E402
+from lab import FAKEPVE, TOKEN, Lab  # noqa: E402
+
+
+def lab_fixture(guests, **options):
+    """A namespace lab for a fixture to yield from; removed whatever the tests did."""
+    if os.geteuid() != 0:
+        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
+    lab = Lab(guests, **options)
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 def proxmoxer_has_local() -> bool:

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from lab import PEER_IP, PUBLIC_IP, Lab
+from conftest import lab_fixture
+
+from lab import PEER_IP, PUBLIC_IP
 
 NOTES = "```pvenat\nforwards:\n  - 12222:22\n  - 10000-10009/both\n```\n"
 
@@ -29,18 +31,13 @@ def guests():
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
-    lab = Lab(guests(), config_source="files")
-    try:
+    for lab in lab_fixture(guests(), config_source="files"):
         # someone else's rules, which pvenat must never touch
         lab.iptables("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j",
                      "REDIRECT", "--to-ports", "80")
         lab.iptables("-t", "filter", "-N", "ADMIN")
         lab.iptables("-t", "filter", "-A", "FORWARD", "-j", "ADMIN")
         yield lab
-    finally:
-        lab.close()
 
 
 def settle(lab):
@@ -111,10 +108,13 @@ def test_sync_keeps_a_guest_whose_notes_broke(lab):
     settle(lab)
     before = lab.iptables_save()
     lab.set_config(102, tags="pvenat-11000-10000")
-    out = run(lab, "sync", rc=1)
-    assert "guest 102 left as it was: guest 102: tag 'pvenat-11000-10000' is reversed" in out
-    assert lab.iptables_save() == before
-    lab.set_config(102, tags="pvenat-11000")
+    try:
+        out = run(lab, "sync", rc=1)
+        assert "guest 102 left as it was: guest 102: tag 'pvenat-11000-10000': range " \
+            "11000-10000 is reversed; write 10000-11000" in out
+        assert lab.iptables_save() == before
+    finally:
+        lab.set_config(102, tags="pvenat-11000")
 
 
 def test_list(lab):

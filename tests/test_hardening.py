@@ -10,7 +10,9 @@ from collections import Counter
 
 import pytest
 
-from lab import Lab, sh
+from conftest import lab_fixture
+
+from lab import sh
 from pvehook import ruleset
 from pvehook.config import HostConfig
 from pvehook.plan import plan_guest
@@ -35,13 +37,7 @@ def expected(vmid, config):
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
-    lab = Lab(guests(), config_source="files")
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from lab_fixture(guests(), config_source="files")
 
 
 class ForeignWriters:

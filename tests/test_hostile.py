@@ -75,7 +75,8 @@ CASES = [
     ("tag with trailing dash", "", "pvenat-10000-", "looks like a pvenat tag"),
     ("tag with a word", "", "pvenat-web", "tag 'pvenat-web' looks like a pvenat tag"),
     ("tag with a prefix word", "", "pvenatx-10000", "looks like a pvenat tag"),
-    ("tag reversed", "", "pvenat-10010-10000", "is reversed; use pvenat-10000-10010"),
+    ("tag reversed", "", "pvenat-10010-10000", "range 10010-10000 is reversed; write "
+     "10000-10010"),
     ("tag port 0", "", "pvenat-0", "port 0 is out of range"),
     ("tag that is someone else's", "", "xpvenat-10000;web", "OK unmanaged"),
     ("tag with leading zeros", "", "pvenat-00080", "public port 80 is outside the port pool"),

@@ -7,9 +7,9 @@ with br_netfilter on and off, and checks every flow with real TCP and UDP traffi
 import os
 
 import pytest
-from conftest import proxmoxer_has_local
+from conftest import lab_fixture, proxmoxer_has_local
 
-from lab import LISTED_IP, PEER_IP, PUBLIC_IP, Lab
+from lab import LISTED_IP, PEER_IP, PUBLIC_IP
 
 NOTES_101 = """Web server, managed by pvenat.
 
@@ -57,14 +57,8 @@ SETUPS = [("br_netfilter on", True, "https"),
 
 @pytest.fixture(scope="module", params=SETUPS, ids=[s[0] + ", " + s[2] for s in SETUPS])
 def lab(request):
-    if os.geteuid() != 0:
-        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
     _, bnf, backend = request.param
-    lab = Lab(guests(), br_netfilter=bnf, backend=backend)
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from lab_fixture(guests(), br_netfilter=bnf, backend=backend)
 
 
 def ok(result):

@@ -71,7 +71,8 @@ def test_tilde_fence_and_other_blocks_left_alone():
     (block(""), "", "the pvenat block is empty"),
     (block("forwards: []"), "", "lists no forwards"),
     ("", "pvenat-80x", "tag 'pvenat-80x' looks like a pvenat tag"),
-    ("", "pvenat-12010-12000", "tag 'pvenat-12010-12000' is reversed"),
+    ("", "pvenat-12010-12000", "tag 'pvenat-12010-12000': range 12010-12000 is reversed; "
+     "write 12000-12010"),
 ])
 def test_bad_specs_say_where_and_what(notes, tags, message):
     with pytest.raises(PvenatError) as e:
