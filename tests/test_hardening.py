@@ -55,7 +55,9 @@ class ForeignWriters:
         lab.iptables("-t", "filter", "-I", "FORWARD", "-j", "PVEFW-FORWARD")
         lab.iptables("-t", "nat", "-N", "ADMIN", check=False)
         lab.iptables("-t", "nat", "-A", "PREROUTING", "-j", "ADMIN")
-        script = ("i=0; while :; do iptables-legacy-restore -n -w 30 <<'EOF'\n"
+        self.stop_file = os.path.join(lab.dir, "stop-writers")
+        script = (f"i=0; while [ ! -e {self.stop_file} ]; do "
+                  "iptables-legacy-restore -n -w 30 <<'EOF'\n"
                   f"{self.FILTER}EOF\n"
                   "iptables-legacy -w 30 -t nat -A ADMIN -p tcp --dport $((1000 + i)) -j RETURN"
                   " && i=$((i + 1)) && echo $i; sleep 0.1; done")
@@ -63,9 +65,13 @@ class ForeignWriters:
                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
 
     def stop(self) -> int:
-        """Stop; returns how many rules the admin appended."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        out = self.proc.communicate()[0].split()
+        """Stop after the current round; returns how many rules the admin appended."""
+        open(self.stop_file, "w").close()
+        try:
+            out = self.proc.communicate(timeout=30)[0].split()
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
         return int(out[-1]) if out else 0
 
     def check_intact(self, appended):

@@ -4,8 +4,6 @@ Runs the hookscript as PVE does (inside the simulated host, PVE's PATH, the fake
 with br_netfilter on and off, and checks every flow with real TCP and UDP traffic.
 """
 
-import os
-
 import pytest
 from conftest import lab_fixture, proxmoxer_has_local
 
