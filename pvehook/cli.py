@@ -4,8 +4,8 @@ import argparse
 import json
 import sys
 
-from . import (__version__, config, hook, hostnet, listing, logs, netfilter, ruleset, spec,
-               status, sync)
+from . import (__version__, config, hook, hostnet, install, listing, logs, netfilter, ruleset,
+               spec, status, sync)
 from .errors import PvenatError
 from .plan import plan_guest, summary
 
@@ -151,8 +151,6 @@ def cmd_attach(args, host) -> int:
 
 
 def cmd_install(args, host) -> int:
-    from . import install  # only these two commands need it
-
     ctx = context(host)
     installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend,
                                   config.config_path(args.config))

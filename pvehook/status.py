@@ -6,11 +6,10 @@ import subprocess
 
 from . import hostnet, ruleset, spec
 from .errors import PvenatError
+from .install import SNIPPET, UNITS
 from .plan import plan_guest
 
 HOOKSCRIPT = "local:snippets/pvenat.py"
-SNIPPET = "var/lib/vz/snippets/pvenat.py"
-UNITS = ("pvenat.service", "pvenat-sync.timer")
 
 
 def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]]:
