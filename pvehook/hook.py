@@ -4,7 +4,8 @@ pre-start   read Notes and tags, check, add the guest's rules; a non-zero exit r
             the start, and then nothing was applied.
 post-start  turn on hairpin for the guest's bridge ports (they exist only now).
 pre-stop    nothing (it does not run when a guest shuts down from inside).
-post-stop   remove the guest's rules; never fails the stop, needs no API.
+post-stop   remove the guest's rules and its tracked connections; never fails the stop,
+            needs no API.
 """
 
 import os
@@ -160,10 +161,20 @@ def post_stop(ctx, vmid):
     """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
     try:
         known = index.load(ctx.host.state_dir)
-        if known is None and not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
-            return ""
+        if known is None:
+            if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
+                return ""
+            addresses = ruleset.guest_addresses(ctx.backend.read())
+        else:
+            addresses = known.addresses
         with netfilter.locked(ctx.lock_path):
             script = change_guest(ctx, vmid, None, None)
+        address = next((a for a, v in addresses.items() if v == vmid), None)
+        if script and address:
+            try:
+                hostnet.forget_connections(hostnet.public_ip(ctx.host), address)
+            except PvenatError:
+                pass  # the rules are gone; its tracked flows expire on their own
     except PvenatError as e:
         log.error("guest.stop_failed", vmid=vmid, error=e.message)
         return f"pvenat: {vmid}: WARNING: rules not removed: {e.message}; run 'pvenat sync'"

@@ -41,6 +41,17 @@ def guest_ports(bridge: str, sysfs: str = "/sys/class/net") -> dict[int, list[st
     return out
 
 
+def forget_connections(public_ip: str, address: str):
+    """Drop the kernel's tracked connections DNATed from the public address to a guest
+    that stopped: else a UDP flow keeps going to its address for minutes, and to the next
+    guest given it. Best effort: no conntrack tool, or nothing to drop, is fine."""
+    try:
+        subprocess.run(["conntrack", "-D", "--orig-dst", public_ip, "--reply-src", address],
+                       capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
 def hairpin_on(bridge: str, port: str, sysfs: str = "/sys/class/net") -> bool:
     with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode") as f:
         return f.read().strip() == "1"

@@ -111,8 +111,11 @@ def test_forwards_end_to_end(lab):
     # a port nobody forwards goes nowhere
     assert lab.probe(I, "tcp", PUBLIC_IP, 12223) == "refused"
 
+    assert lab.sh_host("conntrack", "-L", "--reply-src", "172.22.161.170")  # flows were tracked
     assert ok(lab.hook(101, "post-stop")) == "pvenat: 101: forwards removed"
     assert lab.iptables_save() == before
+    # its tracked connections are gone too: no UDP flow keeps going to its address
+    assert lab.sh_host("conntrack", "-L", "--reply-src", "172.22.161.170") == ""
     assert lab.probe(I, "tcp", PUBLIC_IP, 12222) == "refused"
     assert lab.probe(B, "tcp", PUBLIC_IP, 10000) == "refused"
     assert lab.probe(I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"  # B unaffected
