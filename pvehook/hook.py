@@ -11,9 +11,9 @@ post-stop   remove the guest's rules and its tracked connections; never fails th
 import os
 import sys
 
-from . import config, hostnet, index, logs, netfilter, ruleset, spec
+from . import config, hostnet, index, logs, netfilter, ruleset
 from .errors import PvenatError
-from .plan import Claim, Held, plan_guest, summary
+from .plan import Claim, Held, plan_for, summary
 from .pve import PveApi
 from .pveconf import ConfigFiles
 
@@ -75,9 +75,7 @@ def load_plan(ctx, vmid):
     """The guest's checked plan, or None when pvenat does not manage it."""
     # During a live migration the config still sits on the source node.
     node = os.environ.get("PVE_MIGRATED_FROM") or ctx.host.pve.node_name()
-    guest = ctx.configs.guest(node, vmid)
-    parsed = spec.parse(vmid, guest.config.get("description", ""), guest.config.get("tags", ""))
-    return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, ctx.host)
+    return plan_for(ctx.configs.guest(node, vmid), ctx.host)
 
 
 def start_change(ctx, plan, public_ip):

@@ -1,8 +1,8 @@
 """pvenat list: every managed guest's forwards, and whether the kernel has them."""
 
-from . import ruleset, spec
+from . import ruleset
 from .errors import PvenatError
-from .plan import GuestPlan, plan_guest
+from .plan import GuestPlan, plan_for
 
 COLUMNS = ("VMID", "NAME", "TYPE", "STATUS", "ADDRESS", "FORWARD", "PROTO", "ALLOW", "LIVE",
            "PACKETS")
@@ -26,11 +26,9 @@ def collect(ctx) -> list[dict]:
                  "status": info.status, "address": None, "forwards": [], "error": None}
         try:
             guest = ctx.configs.guest(node, info.vmid)
-            parsed = spec.parse(info.vmid, guest.config.get("description", ""),
-                                guest.config.get("tags", ""))
-            if parsed is None and live is None:
+            plan = plan_for(guest, ctx.host)
+            if plan is None and live is None:
                 continue
-            plan = parsed and plan_guest(parsed, guest.kind, guest.config, ctx.host)
         except PvenatError as e:
             entry["error"] = e.message
             plan = None

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from .config import HostConfig
 from .errors import PvenatError
 from .ports import format_range
-from .spec import Forward, GuestSpec, nic_address
+from .spec import Forward, GuestSpec, nic_address, parse
 
 
 class GuestPlan(NamedTuple):
@@ -59,6 +59,12 @@ def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> Gu
             raise PvenatError("spec", f"guest {vmid}: {a.proto} port {b.public[0]} is "
                               f"forwarded twice ({a.origin} and {b.origin}); keep one")
     return GuestPlan(vmid, address, spec.forwards)
+
+
+def plan_for(guest, host: HostConfig):
+    """A guest's checked plan from its config, or None when pvenat does not manage it."""
+    parsed = parse(guest.vmid, guest.config.get("description", ""), guest.config.get("tags", ""))
+    return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host)
 
 
 def _check_address(vmid, address, host):

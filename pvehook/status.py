@@ -4,10 +4,10 @@ import os
 import shutil
 import subprocess
 
-from . import hostnet, ruleset, spec
+from . import hostnet, ruleset
 from .errors import PvenatError
 from .install import SNIPPET, UNITS
-from .plan import plan_guest
+from .plan import plan_for
 
 HOOKSCRIPT = "local:snippets/pvenat.py"
 
@@ -72,10 +72,7 @@ def _guests(ctx):
         if on_lan and guest.config.get("hookscript") != HOOKSCRIPT:
             unhooked.append(str(info.vmid))
         try:
-            parsed = spec.parse(info.vmid, guest.config.get("description", ""),
-                                guest.config.get("tags", ""))
-            if parsed:
-                plan_guest(parsed, guest.kind, guest.config, ctx.host)
+            plan_for(guest, ctx.host)
         except PvenatError as e:
             if "no address to forward to" in e.message:
                 no_address.append(str(info.vmid))

@@ -9,9 +9,9 @@ import bisect
 import os
 from dataclasses import dataclass, field
 
-from . import hostnet, index, logs, netfilter, plancache, ruleset, spec
+from . import hostnet, index, logs, netfilter, plancache, ruleset
 from .errors import PvenatError
-from .plan import Held, plan_guest
+from .plan import Held, plan_for
 
 log = logs.get_logger("pvenat.sync")
 
@@ -107,9 +107,7 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
             if key in cached:
                 plan = cached[key]
             else:
-                parsed = spec.parse(info.vmid, guest.config.get("description", ""),
-                                    guest.config.get("tags", ""))
-                plan = parsed and plan_guest(parsed, guest.kind, guest.config, host)
+                plan = plan_for(guest, host)
             fresh[key] = plan
             if plan is not None:
                 plans[info.vmid] = plan
