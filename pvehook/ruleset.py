@@ -10,7 +10,7 @@ Layout of the nat table (the data path of every new inbound connection):
   PREROUTING -d PUB -i WAN ─┐
   PREROUTING -d PUB -i LAN ─┼─> PVENAT-DNAT ─ -p tcp ─> PVENAT-TCP ─> PVENAT-TCP-2 ─> ...
   OUTPUT     -d PUB ────────┘               └ -p udp ─> PVENAT-UDP ─> ...
-                                  ... ─ --dport 10000:10099 ─> PVENAT-101 (DNAT rules)
+                                  ... ─ --dports 10000:10099 ─> PVENAT-101 (DNAT rules)
 
 PVENAT-TCP/UDP form a fixed 16-ary tree over the port space, keyed by the hex digits
 of the port: a claimed range sits in the deepest node whose prefix its first and last
@@ -28,7 +28,8 @@ DNAT = "PVENAT-DNAT"
 POSTROUTING = "PVENAT-POSTROUTING"
 FORWARD = "PVENAT-FORWARD"
 TABLES = ("nat", "filter")
-_CLAIM = re.compile(r"-p (tcp|udp) -m \1 --dport ([0-9]+)(?::([0-9]+))? -j PVENAT-([0-9]+)")
+_CLAIM = re.compile(
+    r"-p (tcp|udp) -m multiport --dports ([0-9]+)(?::([0-9]+))? -j PVENAT-([0-9]+)")
 _TO = re.compile(r"--to-destination ([0-9.]+)")
 
 
@@ -90,14 +91,13 @@ def base(host, public_ip: str) -> Tables:
 def guest_rules(plan: GuestPlan) -> tuple:
     rules = []
     for f in plan.forwards:
-        dport = format_range(*f.public, sep=":")
         if f.guest == f.public:
             to = plan.address
         elif f.guest[0] == f.guest[1]:
             to = f"{plan.address}:{f.guest[0]}"
         else:  # shifted port map: public lo..hi to guest lo..hi, port by port
             to = f"{plan.address}:{f.guest[0]}-{f.guest[1]}/{f.public[0]}"
-        match = f"-p {f.proto} -m {f.proto} --dport {dport} -j DNAT --to-destination {to}"
+        match = f"{port_match(f.proto, *f.public)} -j DNAT --to-destination {to}"
         rules += [f"-s {src} {match}" for src in f.allow] if f.allow else [match]
     return tuple(rules)
 
@@ -132,13 +132,20 @@ def dispatch(claims, touched=None) -> dict:
                 if touched is None or (proto, prefix[:k - 1]) in touched:
                     nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
         for prefix, (held, children) in nodes.items():
-            rules = [f"-p {proto} -m {proto} --dport {format_range(c.lo, c.hi, ':')} "
-                     f"-j {guest_chain(c.vmid)}" for c in held]
+            rules = [f"{port_match(proto, c.lo, c.hi)} -j {guest_chain(c.vmid)}" for c in held]
             for child in sorted(children):
                 lo, hi = int(child.ljust(4, "0"), 16), int(child.ljust(4, "F"), 16)
-                rules.append(f"-p {proto} -m {proto} --dport {lo}:{hi} -j {_node(root, child)}")
+                rules.append(f"{port_match(proto, lo, hi)} -j {_node(root, child)}")
             chains[_node(root, prefix)] = rules
     return {k: tuple(v) for k, v in chains.items()}
+
+
+def port_match(proto: str, lo: int, hi: int) -> str:
+    """A destination port match. multiport, not ``-m udp --dport``: iptables 1.8.9 parses
+    udp ports through getaddrinfo(), which dumps every address of every interface over
+    netlink, so loading 1,000 guests' rules on a host with 4,000 tap/fwbr/veth devices
+    took seconds instead of a fifth of one."""
+    return f"-p {proto} -m multiport --dports {format_range(lo, hi, ':')}"
 
 
 def dnat_rules(claims) -> list:

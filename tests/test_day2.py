@@ -151,7 +151,7 @@ def test_check(lab):
     out = run(lab, "check", "103")
     assert out.splitlines()[0] == ("pvenat: 103 -> 172.22.161.173 via 203.0.113.10: "
                                    "tcp+udp 13000, tcp 13001")
-    assert "-A PVENAT-103 -p tcp -m tcp --dport 13001 -j DNAT --to-destination " \
+    assert "-A PVENAT-103 -p tcp -m multiport --dports 13001 -j DNAT --to-destination " \
         "172.22.161.173" in out
     assert "PVENAT-103" not in lab.iptables_save()  # check applies nothing
     lab.set_config(103, tags="pvenat-11000")

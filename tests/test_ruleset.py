@@ -52,20 +52,20 @@ def test_hand_pinned_rules():
     assert ("PREROUTING", "-d 203.0.113.10/32 -i vmbr1 -j PVENAT-DNAT") in nat.jumps
     assert ("OUTPUT", "-d 203.0.113.10/32 -j PVENAT-DNAT") in nat.jumps
     assert nat.chains["PVENAT-101"] == (
-        "-p tcp -m tcp --dport 10000:10099 -j DNAT --to-destination 172.22.161.170",
-        "-p tcp -m tcp --dport 12222 -j DNAT --to-destination 172.22.161.170:22",
-        "-s 198.51.100.0/24 -p tcp -m tcp --dport 13389 -j DNAT "
+        "-p tcp -m multiport --dports 10000:10099 -j DNAT --to-destination 172.22.161.170",
+        "-p tcp -m multiport --dports 12222 -j DNAT --to-destination 172.22.161.170:22",
+        "-s 198.51.100.0/24 -p tcp -m multiport --dports 13389 -j DNAT "
         "--to-destination 172.22.161.170:3389",
-        "-s 192.0.2.7/32 -p tcp -m tcp --dport 13389 -j DNAT "
+        "-s 192.0.2.7/32 -p tcp -m multiport --dports 13389 -j DNAT "
         "--to-destination 172.22.161.170:3389",
-        "-p tcp -m tcp --dport 18000:18009 -j DNAT "
+        "-p tcp -m multiport --dports 18000:18009 -j DNAT "
         "--to-destination 172.22.161.170:9000-9009/18000",
-        "-p udp -m udp --dport 10000:10099 -j DNAT --to-destination 172.22.161.170")
+        "-p udp -m multiport --dports 10000:10099 -j DNAT --to-destination 172.22.161.170")
     # 12222 = 0x2FBE: root -> 2 -> 2F -> 2FB, where the claim sits.
-    assert "-p tcp -m tcp --dport 12222 -j PVENAT-101" in nat.chains["PVENAT-TCP-2FB"]
-    assert "-p tcp -m tcp --dport 8192:12287 -j PVENAT-TCP-2" in nat.chains["PVENAT-TCP"]
+    assert "-p tcp -m multiport --dports 12222 -j PVENAT-101" in nat.chains["PVENAT-TCP-2FB"]
+    assert "-p tcp -m multiport --dports 8192:12287 -j PVENAT-TCP-2" in nat.chains["PVENAT-TCP"]
     # 10000-10099 = 0x2710-0x2773 shares the prefix 27.
-    assert "-p tcp -m tcp --dport 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
+    assert "-p tcp -m multiport --dports 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
     filt = ruleset.desired(HOST, PUB, [A])["filter"]
     assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD")]
 
@@ -79,8 +79,8 @@ def walk(chains, proto, port):
             words = rule.split()
             if words[1] != proto:
                 continue
-            if "--dport" in words:
-                lo, _, hi = words[words.index("--dport") + 1].partition(":")
+            if "--dports" in words:
+                lo, _, hi = words[words.index("--dports") + 1].partition(":")
                 if not int(lo) <= port <= int(hi or lo):
                     continue
             target = words[-1]
