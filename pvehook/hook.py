@@ -28,7 +28,7 @@ class Context:
                  sysfs="/sys/class/net"):
         self.host = host
         self.api = api  # the PVE API: guest lists, config changes
-        self.configs = configs  # where guest configs are read: the API or /etc/pve files
+        self.configs = configs  # guest configs and sync's guest list: API or /etc/pve files
         self.backend = backend
         self.lock_path = lock_path
         self.sysfs = sysfs

@@ -26,16 +26,28 @@ def public_ip(host) -> str:
                       "bring it up or set public_ip in the pvenat config")
 
 
+# The network devices PVE makes for a running guest's NICs: tap<vmid>i<n> (QEMU),
+# veth<vmid>i<n> (LXC), fwpr<vmid>p<n> (behind the PVE firewall).
+_GUEST_DEVICE = re.compile(r"(?:tap|veth)([0-9]+)i[0-9]+|fwpr([0-9]+)p[0-9]+")
+
+
+def guests_here(sysfs: str = "/sys/class/net") -> set[int]:
+    """VMIDs whose NICs exist on this host. PVE creates them when a guest starts here
+    (a live migration's target included) and removes them when it stops, crashes or
+    has migrated away."""
+    return {int(m.group(1) or m.group(2))
+            for m in map(_GUEST_DEVICE.fullmatch, os.listdir(sysfs)) if m}
+
+
 def guest_ports(bridge: str, sysfs: str = "/sys/class/net") -> dict[int, list[str]]:
     """Guests' ports on the bridge by VMID: tapNiN, vethNiN, or fwprNpN (PVE firewall)."""
-    pattern = re.compile(r"(?:tap|veth)([0-9]+)i[0-9]+|fwpr([0-9]+)p[0-9]+")
     try:
         names = sorted(os.listdir(f"{sysfs}/{bridge}/brif"))
     except FileNotFoundError:
         return {}
     out: dict[int, list[str]] = {}
     for name in names:
-        m = pattern.fullmatch(name)
+        m = _GUEST_DEVICE.fullmatch(name)
         if m:
             out.setdefault(int(m.group(1) or m.group(2)), []).append(name)
     return out

@@ -98,11 +98,10 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     plans, keep = {}, set()
     cache_path = os.path.join(host.state_dir, "plans.json")
     cached, fresh, host_key = plancache.load(cache_path), {}, repr(host)
-    for info in ctx.api.guests(node):
-        if info.status != "running":
-            continue
+    running = {info.vmid for info in ctx.configs.guests(node) if info.status == "running"}
+    for vmid in sorted(running):
         try:
-            guest = ctx.configs.guest(node, info.vmid)
+            guest = ctx.configs.guest(node, vmid)
             key = plancache.fingerprint(host_key, guest)
             if key in cached:
                 plan = cached[key]
@@ -110,17 +109,22 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
                 plan = plan_for(guest, host)
             fresh[key] = plan
             if plan is not None:
-                plans[info.vmid] = plan
+                plans[vmid] = plan
         except PvenatError as e:
-            result.problems[info.vmid] = e.message
-            keep.add(info.vmid)
+            result.problems[vmid] = e.message
+            keep.add(vmid)
     if fresh.keys() != cached.keys() and not dry_run:
         plancache.save(cache_path, fresh)
     pub = hostnet.public_ip(host)
+    here = hostnet.guests_here(ctx.sysfs)
 
     def change(current):
         result.problems = {v: m for v, m in result.problems.items() if v in keep}
-        return reconcile(current, host, pub, plans, keep, result)
+        # Not listed as running here, yet its NICs are: a live migration's target while
+        # the config still sits on the source, or a start the listing has not caught up
+        # with. Its own hooks have it in hand.
+        arriving = (ruleset.managed_guests(current) - running) & here
+        return reconcile(current, host, pub, plans, keep | arriving, result)
 
     with netfilter.locked(ctx.lock_path):
         if dry_run:

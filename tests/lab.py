@@ -152,6 +152,17 @@ class Lab:
         if self.backend == "https":
             self._start_api()
 
+    def set_ports(self, vmids):
+        """PVE-named devices (tapNi0/vethNi0, not on a bridge) for guests that have no
+        namespace, so that they count as running on this node; others' are removed."""
+        want = {f"{'tap' if self.guests[v]['kind'] == 'qemu' else 'veth'}{v}i0" for v in vmids}
+        have = getattr(self, "ports", set())
+        batch = [f"link add {p} type veth peer name x{p}" for p in sorted(want - have)] + \
+            [f"link del {p}" for p in sorted(have - want)]
+        if batch:
+            sh("ip", "-n", self.host, "-batch", "-", input="\n".join(batch) + "\n")
+        self.ports = want
+
     def add_guest(self, vmid):
         """The guest's namespace, its NIC on vmbr1 under PVE's port name, its servers."""
         h, guest = self.host, self.guests[vmid]

@@ -24,7 +24,8 @@ def guests():
                          "net0": "name=eth0,bridge=vmbr1,ip=172.22.161.171/24"}},
         103: {"kind": "qemu", "status": "stopped",
               "config": {"net0": "virtio=X,bridge=vmbr1", "tags": "pvenat-13000"}},
-        104: {"kind": "qemu", "config": {"net0": "virtio=X,bridge=vmbr1",
+        104: {"kind": "qemu", "address": "172.22.161.174",
+              "config": {"net0": "virtio=X,bridge=vmbr1",
                                          "description": "```pvenat\nforwards: [14000]\n```"}},
     }
 
@@ -66,7 +67,8 @@ def test_sync_reconciles_edits_migrations_and_flushes(lab):
         "tap101i0, veth102i0" in out
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     lab.set_config(104, description="```pvenat\nip: 172.22.161.174\nforwards: [14000]\n```")
-    assert run(lab, "sync") == "pvenat sync: 3 guests forwarded; added 104\n"
+    assert run(lab, "sync") == ("pvenat sync: 3 guests forwarded; added 104; hairpin turned on "
+                                "for tap104i0\n")
     settled = lab.iptables_save()
     assert run(lab, "sync") == "pvenat sync: nothing to change (3 guests forwarded)\n"
     assert lab.iptables_save() == settled
@@ -79,13 +81,18 @@ def test_sync_reconciles_edits_migrations_and_flushes(lab):
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == f"g101 {PEER_IP}"
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == "refused"
 
-    # a live migration moved 102 away: this node got no post-stop
+    # PVE lists 102 on pve2 while its NIC is still here: a live migration's target before
+    # the config moves over (or a source before the guest leaves). Its rules stay.
     lab.guests[102]["node"] = "pve2"
     lab.write_fixture()
+    assert run(lab, "sync") == "pvenat sync: nothing to change (3 guests forwarded)\n"
+    # the migration is over and 102 left this node, which got no post-stop
+    lab.sh_host("ip", "link", "set", "veth102i0", "down", "name", "gone102")
     assert run(lab, "sync") == \
         "pvenat sync: 2 guests forwarded; removed (not running on pve1) 102\n"
     assert "PVENAT-102" not in lab.iptables_save()
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 11000) == "refused"
+    lab.sh_host("ip", "link", "set", "gone102", "name", "veth102i0", "up")
     lab.guests[102]["node"] = "pve1"
     lab.write_fixture()
     run(lab, "sync")

@@ -37,7 +37,9 @@ def expected(vmid, config):
 
 @pytest.fixture(scope="module")
 def lab():
-    yield from lab_fixture(guests(), config_source="files")
+    for lab in lab_fixture(guests(), config_source="files"):
+        lab.set_ports(GUESTS)  # their NICs exist: the guests run here, as sync sees it
+        yield lab
 
 
 class ForeignWriters:

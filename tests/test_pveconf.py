@@ -63,3 +63,20 @@ def test_files_and_api_give_the_same_config():
         if "description" in want:  # PVE drops trailing white space when it parses
             want["description"] = want["description"].rstrip()
         assert parse_conf(render_conf(g["config"], snapshot={"tags": "x"})) == want
+
+
+def test_guests_run_here_when_their_devices_exist(tmp_path):
+    for folder, vmids in (("qemu-server", [101, 103, 105]), ("lxc", [102, 104])):
+        (tmp_path / f"etc/nodes/pve1/{folder}").mkdir(parents=True)
+        for vmid in vmids:
+            (tmp_path / f"etc/nodes/pve1/{folder}/{vmid}.conf").write_text("cores: 1\n")
+    (tmp_path / "etc/nodes/pve2/qemu-server").mkdir(parents=True)
+    (tmp_path / "etc/nodes/pve2/qemu-server/106.conf").write_text("cores: 1\n")
+    sysfs = tmp_path / "sys"
+    sysfs.mkdir()
+    for name in ("lo", "vmbr1", "tap101i0", "veth102i1", "fwpr105p0", "xtap103i0", "tap106i0"):
+        (sysfs / name).mkdir()
+    files = ConfigFiles(str(tmp_path / "etc"), str(sysfs))
+    assert [(g.vmid, g.kind, g.status) for g in files.guests("pve1")] == [
+        (101, "qemu", "running"), (102, "lxc", "running"), (103, "qemu", "stopped"),
+        (104, "lxc", "stopped"), (105, "qemu", "running")]
