@@ -1,13 +1,15 @@
-"""The ``pvenat`` command. Configures logging once, catches PvenatError at the top."""
+"""The ``pvenat`` command. Configures logging once, catches PvenatError at the top.
+
+Each command imports the modules it needs when it runs: the sync timer fires every
+minute, and should not pay for the installer's imports.
+"""
 
 import argparse
 import json
 import sys
 
-from . import (__version__, config, hook, hostnet, install, listing, logs, netfilter, ruleset,
-               spec, status, sync)
+from . import __version__, config, hook, logs
 from .errors import PvenatError
-from .plan import plan_guest, summary
 
 def main(argv=None) -> int:
     parser = _parser()
@@ -56,7 +58,7 @@ def _parser():
     c.add_argument("--notes", metavar="FILE", help="check this Notes text instead of a guest")
     for name, verb in (("attach", "set"), ("detach", "clear")):
         c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
-                    f"{status.HOOKSCRIPT}", f"pvenat {name} 101 102")
+                    f"{hook.HOOKSCRIPT}", f"pvenat {name} 101 102")
         c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
         c.add_argument("--force", action="store_true",
                        help="replace or clear a hookscript that is not pvenat's")
@@ -86,6 +88,7 @@ context = hook.context
 
 
 def cmd_sync(args, host) -> int:
+    from . import sync
     result = sync.sync(context(host), dry_run=args.dry_run)
     for line in result.lines(host.pve.node_name(), args.dry_run):
         print(line)
@@ -95,12 +98,15 @@ def cmd_sync(args, host) -> int:
 
 
 def cmd_list(args, host) -> int:
+    from . import listing
     entries = listing.collect(context(host))
     print(json.dumps(entries, indent=1) if args.json else listing.table(entries))
     return 0
 
 
 def cmd_check(args, host) -> int:
+    from . import hostnet, netfilter, ruleset, spec
+    from .plan import plan_guest, summary
     ctx = context(host)
     if args.notes:
         with open(args.notes, encoding="utf-8") as f:
@@ -133,24 +139,25 @@ def cmd_attach(args, host) -> int:
     for vmid in args.vmids:
         guest = ctx.api.guest(node, vmid)
         have = guest.config.get("hookscript")
-        if have not in (None, status.HOOKSCRIPT) and not args.force:
+        if have not in (None, hook.HOOKSCRIPT) and not args.force:
             raise PvenatError("conflict", f"guest {vmid} has another hookscript ({have}); "
                               "pvenat leaves it alone unless you add --force")
-        if attach and have != status.HOOKSCRIPT:
-            ctx.api.set_config(node, guest, hookscript=status.HOOKSCRIPT)
+        if attach and have != hook.HOOKSCRIPT:
+            ctx.api.set_config(node, guest, hookscript=hook.HOOKSCRIPT)
         elif not attach and have is not None:
             ctx.api.set_config(node, guest, delete="hookscript")
         else:
             print(f"pvenat: {vmid}: already {'attached' if attach else 'detached'}")
             continue
         running = any(g.vmid == vmid and g.status == "running" for g in ctx.api.guests(node))
-        print(f"pvenat: {vmid}: hookscript {'set to ' + status.HOOKSCRIPT if attach else 'cleared'}"
+        print(f"pvenat: {vmid}: hookscript {'set to ' + hook.HOOKSCRIPT if attach else 'cleared'}"
               + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
                  else ""))
     return 0
 
 
 def cmd_install(args, host) -> int:
+    from . import install
     ctx = context(host)
     installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend,
                                   config.config_path(args.config))
@@ -165,6 +172,7 @@ def cmd_install(args, host) -> int:
 
 
 def cmd_status(args, host) -> int:
+    from . import status
     path = config.config_path(args.config)
     results = status.checks(context(host), path)
     if args.json:

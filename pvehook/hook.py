@@ -19,6 +19,7 @@ from .pveconf import ConfigFiles
 
 log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
+HOOKSCRIPT = "local:snippets/pvenat.py"  # how a guest's config names this script
 
 
 class Context:

@@ -445,7 +445,7 @@ class Installer:
         node = self.host.pve.node_name()
         users = []
         for info in self.api.guests(node):
-            config = self.api.guest(node, info.vmid).config
+            config = self.api.guest(node, info.vmid, info.kind).config
             if any(f"bridge={self.host.lan_bridge}" in str(v).split(",")
                    for k, v in config.items() if re.fullmatch(r"net[0-9]+", k)):
                 users.append(str(info.vmid))

@@ -25,7 +25,7 @@ def collect(ctx) -> list[dict]:
         entry = {"vmid": info.vmid, "name": info.name, "type": info.kind,
                  "status": info.status, "address": None, "forwards": [], "error": None}
         try:
-            guest = ctx.configs.guest(node, info.vmid)
+            guest = ctx.configs.guest(node, info.vmid, info.kind)
             plan = plan_for(guest, ctx.host)
             if plan is None and live is None:
                 continue

@@ -42,9 +42,10 @@ class PveApi:
         with deadline(self.settings.timeout):
             return getattr(client(path), method)(**params)
 
-    def guest(self, node: str, vmid: int) -> Guest:
-        """The guest's current config, trying QEMU then LXC (the hook is told neither)."""
-        for kind in KINDS:
+    def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
+        """The guest's current config; without ``kind``, trying QEMU then LXC (the hook
+        is told neither)."""
+        for kind in [kind] if kind else KINDS:
             path = f"nodes/{node}/{kind}/{vmid}/config"
             try:
                 config = self._call("get", path)

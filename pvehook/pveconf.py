@@ -70,8 +70,9 @@ class ConfigFiles:
                                          "running" if vmid in running else "stopped"))
         return sorted(out, key=lambda g: g.vmid)
 
-    def guest(self, node: str, vmid: int) -> Guest:
-        for kind, folder in _FOLDERS:
+    def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
+        """The guest's config; ``kind`` (qemu or lxc), when known, saves looking for it."""
+        for kind, folder in [f for f in _FOLDERS if f[0] == kind] or _FOLDERS:
             path = f"{self.root}/nodes/{node}/{folder}/{vmid}.conf"
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:

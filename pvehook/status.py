@@ -4,12 +4,10 @@ import os
 import shutil
 import subprocess
 
-from . import hostnet, ruleset
+from . import hook, hostnet, ruleset
 from .errors import PvenatError
 from .install import SNIPPET, UNITS
 from .plan import plan_for
-
-HOOKSCRIPT = "local:snippets/pvenat.py"
 
 
 def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]]:
@@ -64,12 +62,12 @@ def _guests(ctx):
     unhooked, no_address = [], []
     for info in ctx.api.guests(node):
         try:
-            guest = ctx.configs.guest(node, info.vmid)
+            guest = ctx.configs.guest(node, info.vmid, info.kind)
         except PvenatError:
             continue
         on_lan = any(f"bridge={ctx.host.lan_bridge}" in str(v).split(",")
                      for k, v in guest.config.items() if k.startswith("net"))
-        if on_lan and guest.config.get("hookscript") != HOOKSCRIPT:
+        if on_lan and guest.config.get("hookscript") != hook.HOOKSCRIPT:
             unhooked.append(str(info.vmid))
         try:
             plan_for(guest, ctx.host)

@@ -98,10 +98,10 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     plans, keep = {}, set()
     cache_path = os.path.join(host.state_dir, "plans.json")
     cached, fresh, host_key = plancache.load(cache_path), {}, repr(host)
-    running = {info.vmid for info in ctx.configs.guests(node) if info.status == "running"}
-    for vmid in sorted(running):
+    running = {i.vmid: i.kind for i in ctx.configs.guests(node) if i.status == "running"}
+    for vmid, kind in sorted(running.items()):
         try:
-            guest = ctx.configs.guest(node, vmid)
+            guest = ctx.configs.guest(node, vmid, kind)
             key = plancache.fingerprint(host_key, guest)
             if key in cached:
                 plan = cached[key]
@@ -123,7 +123,7 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
         # Not listed as running here, yet its NICs are: a live migration's target while
         # the config still sits on the source, or a start the listing has not caught up
         # with. Its own hooks have it in hand.
-        arriving = (ruleset.managed_guests(current) - running) & here
+        arriving = (ruleset.managed_guests(current) - running.keys()) & here
         return reconcile(current, host, pub, plans, keep | arriving, result)
 
     with netfilter.locked(ctx.lock_path):
