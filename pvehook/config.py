@@ -1,15 +1,19 @@
 """Host config: /etc/pvenat/pvenat.yaml, every key checked, every default explicit."""
 
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from typing import NamedTuple
 
-from . import yamlstrict
+from . import files, yamlstrict
 from .errors import PvenatError
 from .ports import PortSet
 
 DEFAULT_PATH = "/etc/pvenat/pvenat.yaml"
+STATE_DIR = "/run/pvenat"  # caches only, safe to delete; PVENAT_STATE_DIR moves it (labs)
+CACHE = "config.json"  # the config file's last parse, so that a hook need not import PyYAML
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
@@ -40,8 +44,8 @@ class HostConfig(NamedTuple):
         [22, 85, 111, 3128, "5405-5412", "5900-5999", 8006, "60000-60050"])
     max_forwards: int = 64
     log_file: str = "/var/log/pvenat.log"
-    state_dir: str = "/run/pvenat"  # caches only; safe to delete
     pve: PveSettings = PveSettings()
+    state_dir: str = STATE_DIR  # not a config key: set from PVENAT_STATE_DIR
 
     @property
     def lan_network(self) -> ipaddress.IPv4Network:
@@ -54,23 +58,29 @@ def config_path(explicit=None) -> str:
 
 def load(path: str) -> HostConfig:
     """Read and check the config; a missing file means all defaults."""
+    state_dir = os.environ.get("PVENAT_STATE_DIR") or STATE_DIR
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return HostConfig()
+        return HostConfig(state_dir=state_dir)
     except OSError as e:
         raise PvenatError("config", f"{path}: cannot read: {e.strerror}") from None
-    return parse(text, path)
+    return _build(_parse_cached(text, path, state_dir), path, state_dir)
 
 
 def parse(text: str, path: str) -> HostConfig:
-    root = yamlstrict.load(text, path, "config")
+    """Check config text, without the cache."""
+    return _build(yamlstrict.load(text, path, "config"), path, STATE_DIR)
+
+
+def _build(root, path: str, state_dir: str) -> HostConfig:
     if root is None:
-        return HostConfig()
+        return HostConfig(state_dir=state_dir)
     if not isinstance(root, yamlstrict.Map):
         raise PvenatError("config", f"{path}: expected keys such as 'wan_bridge: vmbr0'")
     values = _fields(root, HostConfig, path, "")
+    values["state_dir"] = state_dir
     if "pve" in values:
         pve = root.items["pve"]
         if not isinstance(pve, yamlstrict.Map):
@@ -89,8 +99,29 @@ def parse(text: str, path: str) -> HostConfig:
     return cfg
 
 
+def _parse_cached(text: str, path: str, state_dir: str):
+    """The YAML tree of the config, from the cache when the file is unchanged. The cache
+    holds the tree, not the result: every key is checked again on every load."""
+    cache = os.path.join(state_dir, CACHE)
+    key = hashlib.sha1(f"{path}\0{text}".encode()).hexdigest()
+    try:
+        with open(cache, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            return yamlstrict.from_plain(cached["tree"]) if cached["tree"] else None
+    except (OSError, ValueError, LookupError, TypeError):
+        pass
+    root = yamlstrict.load(text, path, "config")
+    try:
+        files.write_atomic(cache, json.dumps(
+            {"key": key, "tree": root and yamlstrict.to_plain(root)}))
+    except OSError:
+        pass  # no cache then, only a slower start
+    return root
+
+
 def _fields(node, cls, path, prefix) -> dict:
-    known = cls._fields
+    known = [k for k in cls._fields if k != "state_dir"]
     out = {}
     for key, value in node.items.items():
         where = f"{path}, line {node.keys[key]}: {prefix}{key}"

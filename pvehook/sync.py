@@ -7,7 +7,6 @@ chains someone flushed, bridge ports that lost their hairpin flag.
 
 import bisect
 import os
-from dataclasses import dataclass, field
 
 from . import hostnet, index, logs, netfilter, plancache, ruleset
 from .errors import PvenatError
@@ -16,15 +15,15 @@ from .plan import Held, plan_for
 log = logs.get_logger("pvenat.sync")
 
 
-@dataclass
 class SyncResult:
-    script: str = ""
-    forwarded: list = field(default_factory=list)  # VMIDs with rules after the sync
-    added: list = field(default_factory=list)
-    updated: list = field(default_factory=list)
-    removed: list = field(default_factory=list)
-    problems: dict = field(default_factory=dict)  # VMID -> message
-    hairpin: list = field(default_factory=list)  # ports turned on
+    """What a sync did. A plain class: importing dataclasses costs the timer 13 ms."""
+
+    def __init__(self):
+        self.script = ""
+        self.forwarded = []  # VMIDs with rules after the sync
+        self.added, self.updated, self.removed = [], [], []
+        self.problems = {}  # VMID -> message
+        self.hairpin = []  # ports turned on
 
     def lines(self, node: str, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""

@@ -3,11 +3,12 @@
 Everything is composed into nodes and never constructed into Python objects by PyYAML:
 scalars stay strings (so ``2222:22`` is not the sexagesimal integer 133342 and ``on`` is
 not ``True``), and callers read values with the line they came from.
+
+PyYAML is imported on the first parse only: importing it costs 30 ms, a third of a hook
+for a guest pvenat does not manage.
 """
 
 from typing import NamedTuple
-
-import yaml
 
 from .errors import PvenatError
 
@@ -28,10 +29,6 @@ class Map(NamedTuple):
     line: int
 
 
-# libyaml's composer when the C extension is there (Debian's python3-yaml has it).
-_Loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
-
-
 def load(text: str, what: str, code: str, first_line: int = 1):
     """Parse one YAML document into Scalar/Seq/Map nodes; None when empty.
 
@@ -39,9 +36,13 @@ def load(text: str, what: str, code: str, first_line: int = 1):
     ``code`` is the PvenatError code for problems; ``first_line`` is the line number of
     the text's first line in that source.
     """
+    import yaml
+
     offset = first_line - 1
+    # libyaml's composer when the C extension is there (Debian's python3-yaml has it).
+    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     try:
-        node = _Loader(text).get_single_node()
+        node = loader(text).get_single_node()
     except yaml.reader.ReaderError as e:  # a character YAML does not take
         line = text[:e.position].count("\n") + 1 + offset
         raise PvenatError(code, f"{what}, line {line}: invalid YAML: character "
@@ -72,14 +73,15 @@ def _convert(node, what, code, offset, seen, depth):
         raise PvenatError(code, f"{what}, line {line}: YAML anchors and aliases (&name, "
                           "*name) are not allowed; write the value out")
     seen.add(id(node))
-    if isinstance(node, yaml.ScalarNode):
+    if node.id == "scalar":  # PyYAML's ScalarNode, SequenceNode, MappingNode
         return Scalar(node.value, line)
-    if isinstance(node, yaml.SequenceNode):
-        return Seq(tuple(_convert(n, what, code, offset, seen, depth + 1) for n in node.value), line)
+    if node.id == "sequence":
+        return Seq(tuple(_convert(n, what, code, offset, seen, depth + 1)
+                         for n in node.value), line)
     items, keys = {}, {}
     for knode, vnode in node.value:
         kline = knode.start_mark.line + 1 + offset
-        if not isinstance(knode, yaml.ScalarNode):
+        if knode.id != "scalar":
             raise PvenatError(code, f"{what}, line {kline}: a key must be a plain word")
         if knode.value in items:
             raise PvenatError(
@@ -88,3 +90,21 @@ def _convert(node, what, code, offset, seen, depth):
         items[knode.value] = _convert(vnode, what, code, offset, seen, depth + 1)
         keys[knode.value] = kline
     return Map(items, keys, line)
+
+
+def to_plain(node):
+    """A node as JSON-ready lists, so that a parse can be cached; from_plain undoes it."""
+    if isinstance(node, Scalar):
+        return ["s", node.value, node.line]
+    if isinstance(node, Seq):
+        return ["q", [to_plain(n) for n in node.items], node.line]
+    return ["m", {k: to_plain(v) for k, v in node.items.items()}, node.keys, node.line]
+
+
+def from_plain(plain):
+    kind = plain[0]
+    if kind == "s":
+        return Scalar(plain[1], plain[2])
+    if kind == "q":
+        return Seq(tuple(from_plain(p) for p in plain[1]), plain[2])
+    return Map({k: from_plain(v) for k, v in plain[1].items()}, plain[2], plain[3])

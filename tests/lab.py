@@ -239,13 +239,14 @@ class Lab:
             f", config_source: {self.config_source}, config_dir: {self.etc_pve}, timeout: 3}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
-                    f"lan_address: {self.lan}\nlog_file: {self.log}\nstate_dir: {self.dir}/state\n"
+                    f"lan_address: {self.lan}\nlog_file: {self.log}\n"
                     f"pve: {pve}\n"
                     + extra)
 
     def env(self):
         env = {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C",
-               "PVENAT_CONFIG": self.config, "PVENAT_FAKE_PVE": self.fixture}
+               "PVENAT_CONFIG": self.config, "PVENAT_STATE_DIR": f"{self.dir}/state",
+               "PVENAT_FAKE_PVE": self.fixture}
         return env if INSTALLED else dict(env, PYTHONPATH=REPO)
 
     def hook_argv(self, vmid, phase, extra_env=None):

@@ -4,6 +4,8 @@ Runs the hookscript as PVE does (inside the simulated host, PVE's PATH, the fake
 with br_netfilter on and off, and checks every flow with real TCP and UDP traffic.
 """
 
+import re
+
 import pytest
 from conftest import lab_fixture, proxmoxer_has_local
 
@@ -149,6 +151,10 @@ def test_unmanaged_guest_is_left_alone(lab):
     for phase in ("pre-start", "post-start", "pre-stop", "post-stop"):
         assert ok(lab.hook(107, phase)) == ""
     assert lab.iptables_save() == before
+    # nor does it load PyYAML: the host config comes from the cache of its last parse
+    imports = lab.hook(107, "pre-start", {"PYTHONPROFILEIMPORTTIME": "1"}).stderr
+    assert "| pvehook.hook" in imports
+    assert not re.search(r"\| +yaml$", imports, re.M)
 
 
 def test_live_migration_reads_config_from_source_node(lab):
