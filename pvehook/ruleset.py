@@ -19,7 +19,9 @@ holds at most 16 claims plus 16 child jumps, and a packet walks at most four nod
 whatever the number of guests. Nodes exist only where claims are.
 """
 
+import bisect
 import re
+
 from .plan import Claim, GuestPlan
 from .ports import format_range
 
@@ -123,7 +125,7 @@ def dispatch(claims, touched=None) -> dict:
                              {f"{c.lo >> 12:X}" for c in mine if c.lo >> 12 == c.hi >> 12})
             spans = [(int(p.ljust(4, "0"), 16), int(p.ljust(4, "F"), 16))
                      for pr, p in touched if pr == proto and p]
-            mine = [c for c in mine if any(a <= c.lo and c.hi <= b for a, b in spans)]
+            mine = _within(mine, spans)
         for c in mine:
             prefix = _node_prefix(c.lo, c.hi)
             if touched is None or (proto, prefix) in touched:
@@ -146,6 +148,20 @@ def port_match(proto: str, lo: int, hi: int) -> str:
     netlink, so loading 1,000 guests' rules on a host with 4,000 tap/fwbr/veth devices
     took seconds instead of a fifth of one."""
     return f"-p {proto} -m multiport --dports {format_range(lo, hi, ':')}"
+
+
+def _within(claims: list, spans) -> list:
+    """The sorted, non-overlapping ``claims`` that lie wholly inside one of ``spans``,
+    found by bisection: a hook looks at its few nodes, not at every guest's claims."""
+    los = [c.lo for c in claims]
+    out = set()
+    for a, b in spans:
+        i = bisect.bisect_left(los, a)
+        while i < len(claims) and claims[i].lo <= b:
+            if claims[i].hi <= b:
+                out.add(claims[i])
+            i += 1
+    return sorted(out)
 
 
 def dnat_rules(claims) -> list:
