@@ -44,7 +44,8 @@ class SyncResult:
 
 
 def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResult):
-    """The wanted tables: ``plans`` for guests running here, ``keep`` guests as they are.
+    """The wanted tables, and what they hold: ``plans`` for guests running here, ``keep``
+    guests as they are.
 
     Guests already in the kernel keep their ports first, so a guest edited into a
     conflict loses, not the one that was there. A guest whose plan is refused keeps its
@@ -87,7 +88,7 @@ def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResu
     result.removed = sorted(live - now)
     result.updated = sorted(v for v in now & live if nat.chains[ruleset.guest_chain(v)]
                             != current["nat"].chains[ruleset.guest_chain(v)])
-    return wanted
+    return wanted, held
 
 
 def sync(ctx, dry_run: bool = False) -> SyncResult:
@@ -128,17 +129,19 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     with netfilter.locked(ctx.lock_path):
         if dry_run:
             current = ctx.backend.read()
-            result.script = ruleset.restore_script(current, change(current))
+            result.script = ruleset.restore_script(current, change(current)[0])
         else:
             wanted = {}
             index.drop(host.state_dir)  # while the kernel changes, hooks read the kernel
 
             def remember(current):
-                wanted["tables"] = change(current)
-                return wanted["tables"]
+                tables, wanted["held"] = change(current)
+                return tables
 
             result.script = netfilter.update(ctx.backend, remember)
-            index.save(host.state_dir, index.from_tables(wanted["tables"], pub))
+            held = wanted["held"]
+            index.save(host.state_dir, index.Index(
+                pub, held.claims["tcp"] + held.claims["udp"], held.addresses))
         ports = hostnet.guest_ports(host.lan_bridge, ctx.sysfs)
         for vmid in result.forwarded:
             for port in ports.get(vmid, []):
