@@ -17,10 +17,10 @@ from .spec import Forward
 def fingerprint(host_key: str, guest) -> str:
     """What a plan depends on: the guest's Notes, tags and NICs, and the host config
     (``host_key``, the repr of the HostConfig)."""
-    relevant = {k: v for k, v in guest.config.items()
-                if k in ("description", "tags") or k.startswith(("net", "ipconfig"))}
-    text = json.dumps([host_key, guest.kind, guest.vmid, relevant], sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()
+    relevant = sorted(item for item in guest.config.items()
+                      if item[0] in ("description", "tags")
+                      or item[0].startswith(("net", "ipconfig")))
+    return hashlib.sha1(repr((host_key, guest.kind, guest.vmid, relevant)).encode()).hexdigest()
 
 
 def load(path: str) -> dict:

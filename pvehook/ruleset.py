@@ -126,10 +126,14 @@ def dispatch(claims, touched=None) -> dict:
             spans = [(int(p.ljust(4, "0"), 16), int(p.ljust(4, "F"), 16))
                      for pr, p in touched if pr == proto and p]
             mine = _within(mine, spans)
+        linked = set()  # prefixes whose path up to the root is in place
         for c in mine:
             prefix = _node_prefix(c.lo, c.hi)
             if touched is None or (proto, prefix) in touched:
                 nodes.setdefault(prefix, ([], set()))[0].append(c)
+            if prefix in linked:
+                continue
+            linked.add(prefix)
             for k in range(len(prefix), 1 if touched is not None else 0, -1):
                 if touched is None or (proto, prefix[:k - 1]) in touched:
                     nodes.setdefault(prefix[:k - 1], ([], set()))[1].add(prefix[:k])
@@ -177,11 +181,10 @@ def claim_path(claim) -> set:
 
 
 def _node_prefix(lo: int, hi: int) -> str:
-    a, b = f"{lo:04X}", f"{hi:04X}"
-    n = 0
-    while n < 3 and a[n] == b[n]:
-        n += 1
-    return a[:n]
+    for shift, width in ((4, 3), (8, 2), (12, 1)):
+        if lo >> shift == hi >> shift:
+            return f"{lo >> shift:0{width}X}"
+    return ""
 
 
 def _node(root: str, prefix: str) -> str:
