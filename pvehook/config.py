@@ -29,6 +29,7 @@ class PveSettings(NamedTuple):
     timeout: int = 10
     config_source: str = "api"  # api, or files: read the .conf files under config_dir
     config_dir: str = "/etc/pve"
+    lock_dir: str = "/run/lock"  # where PVE keeps guest config locks
 
     def node_name(self) -> str:
         return os.uname().nodename.split(".")[0] if self.node == "auto" else self.node

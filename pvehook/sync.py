@@ -8,7 +8,7 @@ chains someone flushed, bridge ports that lost their hairpin flag.
 import bisect
 import os
 
-from . import hostnet, index, logs, netfilter, plancache, ruleset
+from . import hostnet, index, logs, netfilter, plancache, pveconf, ruleset
 from .errors import PvenatError
 from .plan import Held, plan_for
 
@@ -120,11 +120,13 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
 
     def change(current):
         result.problems = {v: m for v, m in result.problems.items() if v in keep}
-        # Not listed as running here, yet its NICs are: a live migration's target while
-        # the config still sits on the source, or a start the listing has not caught up
-        # with. Its own hooks have it in hand.
-        arriving = (ruleset.managed_guests(current) - running.keys()) & here
-        return reconcile(current, host, pub, plans, keep | arriving, result)
+        # Not listed as running here, yet its NICs are (a live migration's target while
+        # the config still sits on the source), or PVE holds its config lock (a start
+        # between pre-start and its NICs, a stop before post-stop): its own hooks have
+        # it in hand.
+        gone = ruleset.managed_guests(current) - running.keys()
+        busy = (gone & here) | pveconf.config_locked(gone - here, host.pve.lock_dir)
+        return reconcile(current, host, pub, plans, keep | busy, result)
 
     with netfilter.locked(ctx.lock_path):
         if dry_run:

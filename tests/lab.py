@@ -236,7 +236,8 @@ class Lab:
         pve = ("{backend: local, node: pve1" if self.backend == "local" else
                f"{{backend: https, node: pve1, host: 127.0.0.1, port: 8006, "
                f"token_file: {self.dir}/token, verify_ssl: {self.dir}/api.pem") + \
-            f", config_source: {self.config_source}, config_dir: {self.etc_pve}, timeout: 3}}"
+            f", config_source: {self.config_source}, config_dir: {self.etc_pve}, " \
+            f"lock_dir: {self.dir}/lock, timeout: 3}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
                     f"lan_address: {self.lan}\nlog_file: {self.log}\n"

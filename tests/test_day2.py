@@ -1,5 +1,6 @@
 """Day-2 commands in the namespace lab: sync, list, check, attach, detach, status."""
 
+import fcntl
 import json
 import os
 
@@ -109,6 +110,27 @@ def test_sync_reconciles_edits_migrations_and_flushes(lab):
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
     assert lab.probe(lab.ns(101), "tcp", PUBLIC_IP, 12223) == "g101 172.22.161.254"
     assert foreign(lab) == theirs
+
+
+def test_sync_leaves_a_guest_alone_while_pve_holds_its_config_lock(lab):
+    """Between pre-start and the guest's NICs, PVE lists it as stopped; the lock it holds
+    around the start tells sync that the guest's hooks have it in hand."""
+    settle(lab)
+    lab.set_config(103, ipconfig0="ip=172.22.161.173/24")
+    path = os.path.join(lab.dir, "lock", "qemu-server", "lock-103.conf")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as PVE's lock_config does around a start
+            assert "13000" in lab.hook(103, "pre-start").stdout
+            assert run(lab, "sync") == "pvenat sync: nothing to change (4 guests forwarded)\n"
+            assert "PVENAT-103" in lab.iptables_save()
+            fcntl.flock(lock, fcntl.LOCK_UN)  # the start failed: no NICs, no lock
+        assert run(lab, "sync") == \
+            "pvenat sync: 3 guests forwarded; removed (not running on pve1) 103\n"
+    finally:
+        del lab.guests[103]["config"]["ipconfig0"]
+        lab.write_fixture()
 
 
 def test_sync_keeps_a_guest_whose_notes_broke(lab):

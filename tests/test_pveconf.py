@@ -1,9 +1,11 @@
 """Guest configs read from /etc/pve files: the same data as the API, real file format."""
 
+import fcntl
+
 import pytest
 
 from pvehook.errors import PvenatError
-from pvehook.pveconf import ConfigFiles, parse_conf
+from pvehook.pveconf import ConfigFiles, config_locked, parse_conf
 
 REAL = """#Shop web server%3A %C3%BCber alles
 #
@@ -80,3 +82,21 @@ def test_guests_run_here_when_their_devices_exist(tmp_path):
     assert [(g.vmid, g.kind, g.status) for g in files.guests("pve1")] == [
         (101, "qemu", "running"), (102, "lxc", "running"), (103, "qemu", "stopped"),
         (104, "lxc", "stopped"), (105, "qemu", "running")]
+
+
+def test_config_locks_held_are_seen_without_taking_them(tmp_path):
+    (tmp_path / "qemu-server").mkdir()
+    (tmp_path / "lxc").mkdir()
+    files = [tmp_path / "qemu-server/lock-101.conf", tmp_path / "lxc/pve-config-102.lock",
+             tmp_path / "qemu-server/lock-103.conf"]
+    handles = [open(f, "a") for f in files]
+    try:
+        fcntl.flock(handles[0], fcntl.LOCK_EX)
+        fcntl.flock(handles[1], fcntl.LOCK_SH)
+        assert config_locked([101, 102, 103, 104], str(tmp_path)) == {101, 102}
+        fcntl.flock(handles[0], fcntl.LOCK_UN)
+        assert config_locked([101, 102, 103, 104], str(tmp_path)) == {102}
+    finally:
+        for h in handles:
+            h.close()
+    assert config_locked([101, 102, 103, 104], str(tmp_path)) == set()
