@@ -108,13 +108,16 @@ def change_guest(ctx, vmid, plan, public_ip) -> str:
         script = ruleset.restore_script(current, ruleset.with_guest(
             current, ctx.host, known.public_ip, vmid, plan, known.claims))
         after = known.without(vmid) if plan is None else known.with_plan(plan, public_ip)
+        recorded = None
         if plan is not None:  # claims are recorded before they exist, and kept until gone
-            index.save(state, index.Index(public_ip, sorted(set(known.claims + after.claims)),
-                                          {**known.addresses, **after.addresses}))
+            recorded = index.Index(public_ip, sorted(set(known.claims + after.claims)),
+                                   {**known.addresses, **after.addresses})
+            index.save(state, recorded)
         try:
             if script:
                 ctx.backend.apply(script)
-            index.save(state, after)
+            if recorded != after._replace(claims=sorted(after.claims)):  # else saved already
+                index.save(state, after)
             return script
         except netfilter.KernelRefused as e:
             log.warning("index.stale", vmid=vmid, error=e.stderr)
