@@ -62,6 +62,7 @@ class Iptables:
         return out
 
     def apply(self, script: str):
+        logs.warm()  # the change is logged once applied
         self._run([self.restore, "--noflush", "--wait", str(self.wait_seconds)], script)
 
     def _run(self, argv, stdin=None) -> str:
