@@ -4,6 +4,8 @@ Runs the hookscript as PVE does (inside the simulated host, PVE's PATH, the fake
 with br_netfilter on and off, and checks every flow with real TCP and UDP traffic.
 """
 
+import json
+import os
 import re
 
 import pytest
@@ -175,3 +177,20 @@ def test_post_stop_needs_no_api(lab):
     finally:
         lab.write_fixture()
     assert lab.probe(lab.inet, "udp", PUBLIC_IP, 11000) == "timeout"
+
+
+def test_events_go_to_the_log_as_json_lines(lab):
+    """structlog is imported in the background while iptables-restore works; the events
+    must still be written, whole, one JSON object a line."""
+    with open(lab.log, "a"):
+        pass
+    start = os.path.getsize(lab.log)
+    ok(lab.hook(102, "pre-start"))
+    ok(lab.hook(102, "post-stop"))
+    with open(lab.log) as f:
+        f.seek(start)
+        events = [json.loads(line) for line in f]
+    assert [(e["event"], e["vmid"], e["level"]) for e in events] == [
+        ("guest.started", 102, "info"), ("guest.stopped", 102, "info")]
+    assert events[0]["forwards"] == ["tcp 11000", "udp 11000"]
+    assert all(e["timestamp"].endswith("Z") for e in events)
