@@ -98,6 +98,7 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     plans, keep = {}, set()
     cache_path = os.path.join(host.state_dir, "plans.json")
     cached, fresh, host_key = plancache.load(cache_path), {}, repr(host)
+    seen = hostnet.guests_here(ctx.sysfs)
     running = {i.vmid: i.kind for i in ctx.configs.guests(node) if i.status == "running"}
     for vmid, kind in sorted(running.items()):
         try:
@@ -116,17 +117,23 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     if fresh.keys() != cached.keys() and not dry_run:
         plancache.save(cache_path, fresh)
     pub = hostnet.public_ip(host)
-    here = hostnet.guests_here(ctx.sysfs)
 
-    def change(current):
-        result.problems = {v: m for v, m in result.problems.items() if v in keep}
+    def change(current):  # under pvenat's lock
+        here = hostnet.guests_here(ctx.sysfs)
+        # NICs gone since the listing: the guest stopped meanwhile, and its post-stop may
+        # have cleaned up already; it is not running, whatever the listing said.
+        stopped = seen - here
+        result.problems = {v: m for v, m in result.problems.items()
+                           if v in keep and v not in stopped}
         # Not listed as running here, yet its NICs are (a live migration's target while
         # the config still sits on the source), or PVE holds its config lock (a start
         # between pre-start and its NICs, a stop before post-stop): its own hooks have
         # it in hand.
-        gone = ruleset.managed_guests(current) - running.keys()
+        gone = ruleset.managed_guests(current) - (running.keys() - stopped)
         busy = (gone & here) | pveconf.config_locked(gone - here, host.pve.lock_dir)
-        return reconcile(current, host, pub, plans, keep | busy, result)
+        return reconcile(current, host, pub,
+                         {v: p for v, p in plans.items() if v not in stopped},
+                         (keep - stopped) | busy, result)
 
     with netfilter.locked(ctx.lock_path):
         if dry_run:

@@ -3,10 +3,13 @@
 import fcntl
 import json
 import os
+import subprocess
+import time
 
 import pytest
 
 from conftest import lab_fixture
+from pvehook import netfilter
 
 from lab import PEER_IP, PUBLIC_IP
 
@@ -131,6 +134,31 @@ def test_sync_leaves_a_guest_alone_while_pve_holds_its_config_lock(lab):
     finally:
         del lab.guests[103]["config"]["ipconfig0"]
         lab.write_fixture()
+
+
+def test_a_guest_that_stops_while_sync_waits_for_the_lock_is_not_running(lab):
+    """sync lists the guests, then waits for pvenat's lock (a hook holds it). A guest
+    whose NICs vanish meanwhile has stopped: its rules must not stay, or come back after
+    its post-stop removed them."""
+    settle(lab)
+    with open(netfilter.LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sync = subprocess.Popen(lab.pvenat_argv("sync"), stdout=subprocess.PIPE, text=True)
+        inode = f":{os.fstat(lock.fileno()).st_ino} "
+        deadline = time.monotonic() + 10
+        while not any("->" in line and inode in line for line in open("/proc/locks")):
+            assert time.monotonic() < deadline, "sync never waited for the lock"
+            time.sleep(0.02)
+        lab.sh_host("ip", "link", "set", "veth102i0", "down", "name", "gone102")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        assert sync.communicate(timeout=30)[0] == \
+            "pvenat sync: 2 guests forwarded; removed (not running on pve1) 102\n"
+        post_stop = lab.hook(102, "post-stop")
+        assert post_stop.returncode == 0 and post_stop.stdout == ""  # nothing left to do
+    finally:
+        lab.sh_host("ip", "link", "set", "gone102", "name", "veth102i0", "up")
+    assert run(lab, "sync").startswith("pvenat sync: 3 guests forwarded; added 102")
 
 
 def test_sync_keeps_a_guest_whose_notes_broke(lab):
