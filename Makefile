@@ -10,11 +10,14 @@ APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3
 	python3-proxmoxer python3-yaml python3-structlog python3-requests python3-pytest \
 	python3-hypothesis build-essential debhelper dh-python python3-all python3-setuptools \
 	lintian fakeroot git ifupdown2
-PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis
+PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis flake8
 
-.PHONY: test test-debian test-pypi test-package deps bench demo demo-down deb
+.PHONY: test lint test-debian test-pypi test-package deps bench demo demo-down deb
 
-test: deps test-debian test-pypi test-package
+test: deps lint test-debian test-pypi test-package
+
+lint:
+	$(VENV)/bin/flake8 pvehook tests bench hookscripts
 
 test-debian:
 	@echo "== tests on Debian's libraries: $$($(PY_DEBIAN) -c 'from importlib.metadata import version as v; print(*[f"{p} {v(p)}" for p in ("proxmoxer", "structlog", "PyYAML")])')"
@@ -42,10 +45,10 @@ bench: deps
 	$(VENV)/bin/python bench/bench.py
 
 demo: deps
-	$(PY_DEBIAN) tests/demo.py
+	$(PY_DEBIAN) tests/lab/demo.py
 
 demo-down:
-	$(PY_DEBIAN) tests/demo.py down
+	$(PY_DEBIAN) tests/lab/demo.py down
 
 # The Debian package, built from the work tree into build/.
 deb:

@@ -9,7 +9,9 @@ import json
 import sys
 
 from . import __version__, config, hook, logs
+from .context import HOOKSCRIPT, Places, context
 from .errors import PvenatError
+
 
 def main(argv=None) -> int:
     parser = _parser()
@@ -17,9 +19,10 @@ def main(argv=None) -> int:
     if args.command == "hook":
         return hook.main(args.vmid, args.phase, args.config)
     try:
-        host = config.load(config.config_path(args.config))
+        places = Places.from_env()
+        host = config.load(config.config_path(args.config), places.state_dir)
         logs.configure(host.log_file)
-        return args.func(args, host)
+        return args.func(args, context(host, places))
     except PvenatError as e:
         print(f"pvenat: error: {e.message}", file=sys.stderr)
         return 1
@@ -58,7 +61,7 @@ def _parser():
     c.add_argument("--notes", metavar="FILE", help="check this Notes text instead of a guest")
     for name, verb in (("attach", "set"), ("detach", "clear")):
         c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
-                    f"{hook.HOOKSCRIPT}", f"pvenat {name} 101 102")
+                    f"{HOOKSCRIPT}", f"pvenat {name} 101 102")
         c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
         c.add_argument("--force", action="store_true",
                        help="replace or clear a hookscript that is not pvenat's")
@@ -84,38 +87,34 @@ EXIT_CODES = """exit codes: 0 done, or all is well; 1 refused, failed, or (statu
 something needs attention; 2 bad command line."""
 
 
-context = hook.context
-
-
-def cmd_sync(args, host) -> int:
+def cmd_sync(args, ctx) -> int:
     from . import sync
-    result = sync.sync(context(host), dry_run=args.dry_run)
-    for line in result.lines(host.pve.node_name(), args.dry_run):
+    result = sync.sync(ctx, dry_run=args.dry_run)
+    for line in result.lines(ctx.host.pve.node_name(), args.dry_run):
         print(line)
     if args.dry_run and result.script:
         print(result.script, end="")
     return 1 if result.problems else 0
 
 
-def cmd_list(args, host) -> int:
+def cmd_list(args, ctx) -> int:
     from . import listing
-    entries = listing.collect(context(host))
+    entries = listing.collect(ctx)
     print(json.dumps(entries, indent=1) if args.json else listing.table(entries))
     return 0
 
 
-def cmd_check(args, host) -> int:
+def cmd_check(args, ctx) -> int:
     from . import hostnet, netfilter, ruleset, spec
     from .plan import plan_guest, summary
-    ctx = context(host)
+    host = ctx.host
     if args.notes:
         with open(args.notes, encoding="utf-8") as f:
             parsed = spec.parse(args.vmid or 0, f.read(), "")
         if parsed is None:
             raise PvenatError("spec", f"{args.notes}: no ```pvenat block")
         plan = plan_guest(parsed, "qemu", {}, host)
-        print(summary(plan, hostnet.public_ip(host) if host.public_ip == "auto" else
-                      host.public_ip))
+        print(summary(plan, hostnet.public(host).ip))
         return 0
     if args.vmid is None:
         raise PvenatError("usage", "give a VMID or --notes FILE")
@@ -123,58 +122,57 @@ def cmd_check(args, host) -> int:
     if plan is None:
         print(f"pvenat: {args.vmid}: not managed (no pvenat block in its Notes, no pvenat- tag)")
         return 0
-    pub = hostnet.public_ip(host)
-    with netfilter.locked(ctx.lock_path):
-        current = ctx.backend.read()
-        script = ruleset.restore_script(current, hook.start_change(ctx, plan, pub)(current))
-    print(summary(plan, pub))
+    public = hostnet.public(host)
+    with netfilter.locked(ctx.places.lock_path):
+        current = ctx.kernel.read()
+        script = ruleset.restore_script(current,
+                                        hook.start_change(ctx, plan, public)(current)[0])
+    print(summary(plan, public.ip))
     print(script, end="" if script else "rules: all in place\n")
     return 0
 
 
-def cmd_attach(args, host) -> int:
-    ctx = context(host)
-    node = host.pve.node_name()
+def cmd_attach(args, ctx) -> int:
+    node = ctx.host.pve.node_name()
     attach = args.command == "attach"
     for vmid in args.vmids:
         guest = ctx.api.guest(node, vmid)
         have = guest.config.get("hookscript")
-        if have not in (None, hook.HOOKSCRIPT) and not args.force:
+        if have not in (None, HOOKSCRIPT) and not args.force:
             raise PvenatError("conflict", f"guest {vmid} has another hookscript ({have}); "
                               "pvenat leaves it alone unless you add --force")
-        if attach and have != hook.HOOKSCRIPT:
-            ctx.api.set_config(node, guest, hookscript=hook.HOOKSCRIPT)
+        if attach and have != HOOKSCRIPT:
+            ctx.api.set_config(node, guest, hookscript=HOOKSCRIPT)
         elif not attach and have is not None:
             ctx.api.set_config(node, guest, delete="hookscript")
         else:
             print(f"pvenat: {vmid}: already {'attached' if attach else 'detached'}")
             continue
         running = any(g.vmid == vmid and g.status == "running" for g in ctx.api.guests(node))
-        print(f"pvenat: {vmid}: hookscript {'set to ' + hook.HOOKSCRIPT if attach else 'cleared'}"
+        print(f"pvenat: {vmid}: hookscript {'set to ' + HOOKSCRIPT if attach else 'cleared'}"
               + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
                  else ""))
     return 0
 
 
-def cmd_install(args, host) -> int:
+def cmd_install(args, ctx) -> int:
     from . import install
-    ctx = context(host)
-    installer = install.Installer(host, install.System(args.root), ctx.api, ctx.backend,
-                                  config.config_path(args.config))
+    env = install.Env(ctx, install.System(args.root, ctx.places),
+                      config.config_path(args.config), getattr(args, "token", False))
     if args.command == "install":
-        actions, notes = installer.install_actions(args.token), []
+        actions = install.install_actions(env)
     else:
-        actions, notes = installer.uninstall_actions()
-    install.run_actions(actions, args.dry_run, sys.stdout)
-    for note in notes:
+        actions = install.uninstall_actions(env)
+    install.run_actions(env, actions, args.dry_run, sys.stdout)
+    for note in env.notes:
         print(f"pvenat: {note}")
-    return 1 if notes else 0
+    return 1 if env.notes else 0
 
 
-def cmd_status(args, host) -> int:
+def cmd_status(args, ctx) -> int:
     from . import status
     path = config.config_path(args.config)
-    results = status.checks(context(host), path)
+    results = status.checks(ctx, path)
     if args.json:
         print(json.dumps([{"check": w, "ok": ok, "detail": d} for w, ok, d in results],
                          indent=1))

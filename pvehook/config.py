@@ -1,4 +1,8 @@
-"""Host config: /etc/pvenat/pvenat.yaml, every key checked, every default explicit."""
+"""Host config: /etc/pvenat/pvenat.yaml, every key checked, every default explicit.
+
+Each key has its default in the NamedTuples below and its converter in the FIELDS
+tables; a key in neither is refused with the keys that exist.
+"""
 
 import hashlib
 import ipaddress
@@ -12,9 +16,7 @@ from .errors import PvenatError
 from .ports import PortSet
 
 DEFAULT_PATH = "/etc/pvenat/pvenat.yaml"
-STATE_DIR = "/run/pvenat"  # caches only, safe to delete; PVENAT_STATE_DIR moves it (labs)
 CACHE = "config.json"  # the config file's last parse, so that a hook need not import PyYAML
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class PveSettings(NamedTuple):
@@ -46,7 +48,6 @@ class HostConfig(NamedTuple):
     max_forwards: int = 64
     log_file: str = "/var/log/pvenat.log"
     pve: PveSettings = PveSettings()
-    state_dir: str = STATE_DIR  # not a config key: set from PVENAT_STATE_DIR
 
     @property
     def lan_network(self) -> ipaddress.IPv4Network:
@@ -57,38 +58,30 @@ def config_path(explicit=None) -> str:
     return explicit or os.environ.get("PVENAT_CONFIG") or DEFAULT_PATH
 
 
-def load(path: str) -> HostConfig:
-    """Read and check the config; a missing file means all defaults."""
-    state_dir = os.environ.get("PVENAT_STATE_DIR") or STATE_DIR
+def load(path: str, state_dir: str) -> HostConfig:
+    """Read and check the config; a missing file means all defaults. The parse is cached
+    in ``state_dir``."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return HostConfig(state_dir=state_dir)
+        return HostConfig()
     except OSError as e:
         raise PvenatError("config", f"{path}: cannot read: {e.strerror}") from None
-    return _build(_parse_cached(text, path, state_dir), path, state_dir)
+    return _build(_parse_cached(text, path, state_dir), path)
 
 
 def parse(text: str, path: str) -> HostConfig:
     """Check config text, without the cache."""
-    return _build(yamlstrict.load(text, path, "config"), path, STATE_DIR)
+    return _build(yamlstrict.load(text, path, "config"), path)
 
 
-def _build(root, path: str, state_dir: str) -> HostConfig:
+def _build(root, path: str) -> HostConfig:
     if root is None:
-        return HostConfig(state_dir=state_dir)
+        return HostConfig()
     if not isinstance(root, yamlstrict.Map):
         raise PvenatError("config", f"{path}: expected keys such as 'wan_bridge: vmbr0'")
-    values = _fields(root, HostConfig, path, "")
-    values["state_dir"] = state_dir
-    if "pve" in values:
-        pve = root.items["pve"]
-        if not isinstance(pve, yamlstrict.Map):
-            raise PvenatError("config", f"{path}, line {pve.line}: 'pve' takes keys such as "
-                              "'backend: local'")
-        values["pve"] = PveSettings(**_fields(pve, PveSettings, path, "pve."))
-    cfg = HostConfig(**values)
+    cfg = HostConfig(**_fields(root, FIELDS, path, ""))
     if cfg.lan_address.ip in (cfg.lan_network.network_address,
                               cfg.lan_network.broadcast_address):
         raise PvenatError("config", f"{path}: lan_address {cfg.lan_address} is the subnet's "
@@ -121,23 +114,21 @@ def _parse_cached(text: str, path: str, state_dir: str):
     return root
 
 
-def _fields(node, cls, path, prefix) -> dict:
-    known = [k for k in cls._fields if k != "state_dir"]
+def _fields(node, table: dict, path: str, prefix: str) -> dict:
     out = {}
     for key, value in node.items.items():
         where = f"{path}, line {node.keys[key]}: {prefix}{key}"
-        if key not in known:
+        if key not in table:
             raise PvenatError("config", f"{where}: unknown key; known keys are "
-                              f"{', '.join(prefix + k for k in known)}")
-        if key == "pve":
-            out[key] = value  # checked by the caller
-            continue
+                              f"{', '.join(prefix + k for k in table)}")
         try:
-            out[key] = _convert(key, value)
+            out[key] = table[key](value, path, prefix + key)
         except (ValueError, TypeError) as e:
             raise PvenatError("config", f"{where}: {e}") from None
     return out
 
+
+# --- converters: a YAML node (with the file and key, for a section) -> a value ---------
 
 def _scalar(value) -> str:
     if not isinstance(value, yamlstrict.Scalar):
@@ -145,32 +136,74 @@ def _scalar(value) -> str:
     return value.value
 
 
-def _convert(key, value):
-    if key in ("port_pool", "reserved_ports"):
-        items = value.items if isinstance(value, yamlstrict.Seq) else (value,)
-        return PortSet.parse(_scalar(i) for i in items)
+def _text(value, *_):
+    return _scalar(value)
+
+
+def _ifname(value, *_):
     text = _scalar(value)
-    if key in ("wan_bridge", "lan_bridge"):
-        if not _IFNAME.fullmatch(text):
-            raise ValueError(f"{text!r} is not an interface name")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", text):
+        raise ValueError(f"{text!r} is not an interface name")
+    return text
+
+
+def _public_ip(value, *_):
+    text = _scalar(value)
+    return text if text == "auto" else str(ipaddress.IPv4Address(text))
+
+
+def _interface(value, *_):
+    text = _scalar(value)
+    iface = ipaddress.IPv4Interface(text)
+    if "/" not in text:
+        raise ValueError(f"{text!r} needs a prefix length, such as {text}/24")
+    return iface
+
+
+def _ports(value, *_):
+    items = value.items if isinstance(value, yamlstrict.Seq) else (value,)
+    return PortSet.parse(_scalar(i) for i in items)
+
+
+def _count(value, *_):
+    text = _scalar(value)
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _one_of(*allowed, noun=""):
+    def convert(value, *_):
+        text = _scalar(value)
+        if text not in allowed:
+            what = f"{text!r} is not a {noun};" if noun else f"{text!r}:"
+            raise ValueError(f"{what} use {' or '.join(allowed)}")
         return text
-    if key == "public_ip":
-        if text == "auto":
-            return text
-        return str(ipaddress.IPv4Address(text))
-    if key == "lan_address":
-        iface = ipaddress.IPv4Interface(text)
-        if "/" not in text:
-            raise ValueError(f"{text!r} needs a prefix length, such as {text}/24")
-        return iface
-    if key in ("max_forwards", "port", "timeout"):
-        if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
-            raise ValueError(f"{text!r} is not a positive whole number")
-        return int(text)
-    if key == "backend" and text not in ("local", "https"):
-        raise ValueError(f"{text!r} is not a backend; use local or https")
-    if key == "config_source" and text not in ("api", "files"):
-        raise ValueError(f"{text!r}: use api or files")
-    if key == "verify_ssl" and text not in ("true", "false") and not text.startswith("/"):
+    return convert
+
+
+def _verify(value, *_):
+    text = _scalar(value)
+    if text not in ("true", "false") and not text.startswith("/"):
         raise ValueError(f"{text!r}: use true, false or the path of a CA bundle")
     return text
+
+
+def _pve(value, path, key):
+    if not isinstance(value, yamlstrict.Map):
+        raise PvenatError("config", f"{path}, line {value.line}: '{key}' takes keys such as "
+                          "'backend: local'")
+    return PveSettings(**_fields(value, PVE_FIELDS, path, key + "."))
+
+
+PVE_FIELDS = {
+    "backend": _one_of("local", "https", noun="backend"), "node": _text, "host": _text,
+    "port": _count, "user": _text, "token_name": _text, "token_file": _text, "verify_ssl": _verify,
+    "timeout": _count, "config_source": _one_of("api", "files"), "config_dir": _text,
+    "lock_dir": _text,
+}
+FIELDS = {
+    "wan_bridge": _ifname, "public_ip": _public_ip, "lan_bridge": _ifname,
+    "lan_address": _interface, "port_pool": _ports, "reserved_ports": _ports,
+    "max_forwards": _count, "log_file": _text, "pve": _pve,
+}

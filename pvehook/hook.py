@@ -12,33 +12,12 @@ import os
 import sys
 
 from . import config, hostnet, index, logs, netfilter, ruleset
+from .context import Places, context
 from .errors import PvenatError
-from .plan import Claim, Held, plan_for, summary
-from .pve import PveApi
-from .pveconf import ConfigFiles
+from .plan import Held, plan_for, summary
 
 log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
-HOOKSCRIPT = "local:snippets/pvenat.py"  # how a guest's config names this script
-
-
-class Context:
-    """What a phase works with; tests and the lab pass their own parts."""
-
-    def __init__(self, host, api, configs, backend, lock_path=netfilter.LOCK_PATH,
-                 sysfs="/sys/class/net"):
-        self.host = host
-        self.api = api  # the PVE API: guest lists, config changes
-        self.configs = configs  # guest configs and sync's guest list: API or /etc/pve files
-        self.backend = backend
-        self.lock_path = lock_path
-        self.sysfs = sysfs
-
-
-def context(host) -> Context:
-    api = PveApi(host.pve)
-    configs = ConfigFiles(host.pve.config_dir) if host.pve.config_source == "files" else api
-    return Context(host, api, configs, netfilter.Iptables())
 
 
 def main(vmid: int, phase: str, config_path=None) -> int:
@@ -47,9 +26,10 @@ def main(vmid: int, phase: str, config_path=None) -> int:
     Kept apart from the CLI so that a hook imports only what a hook needs.
     """
     try:
-        host = config.load(config.config_path(config_path))
+        places = Places.from_env()
+        host = config.load(config.config_path(config_path), places.state_dir)
         logs.configure(host.log_file)
-        line = run(context(host), vmid, phase)
+        line = run(context(host, places), vmid, phase)
     except PvenatError as e:
         if phase == "post-stop":  # a failing post-stop would only be a warning anyway
             print(f"pvenat: {vmid}: WARNING: {e.message}", flush=True)
@@ -61,7 +41,7 @@ def main(vmid: int, phase: str, config_path=None) -> int:
     return 0
 
 
-def run(ctx: Context, vmid: int, phase: str) -> str:
+def run(ctx, vmid: int, phase: str) -> str:
     """Run one phase; returns the line for the task log ('' when there is nothing to say)."""
     if phase == "pre-start":
         return pre_start(ctx, vmid)
@@ -79,60 +59,72 @@ def load_plan(ctx, vmid):
     return plan_for(ctx.configs.guest(node, vmid), ctx.host)
 
 
-def start_change(ctx, plan, public_ip):
-    """The change a start makes: refused when another guest holds the ports or address."""
+def start_change(ctx, plan, public):
+    """The change a start makes, for netfilter.update: refused when another guest holds
+    the ports or the address."""
     def change(current):
         claims = ruleset.held_claims(current)
         Held(claims, ruleset.guest_addresses(current)).check(plan)
-        return ruleset.with_guest(current, ctx.host, public_ip, plan.vmid, plan, claims)
+        wanted = ruleset.with_guest(current, ctx.host, public, plan.vmid, plan, claims)
+        return wanted, wanted
     return change
 
 
-def change_guest(ctx, vmid, plan, public_ip) -> str:
+def stop_change(ctx, vmid):
+    def change(current):
+        wanted = ruleset.with_guest(current, ctx.host, None, vmid, None)
+        return wanted, wanted
+    return change
+
+
+def change_guest(ctx, vmid, plan, public) -> str:
     """Apply one guest's start (plan) or stop (None); returns the script applied.
 
-    Built on pvenat's index when it can be trusted, without reading the kernel; when
-    there is none, or the kernel refuses a change built on it, read the kernel.
-    The caller holds the lock.
+    Built on pvenat's index when there is one for this public address; when there is
+    none, or the kernel refuses a change built on it, from the kernel. The caller holds
+    the lock.
     """
-    state = ctx.host.state_dir
-    known = index.load(state)
-    if known is not None and (plan is None or known.public_ip == public_ip):
-        if plan is not None:
-            Held(known.claims, known.addresses).check(plan)
-        old = [c for c in known.claims if c.vmid == vmid]
-        new = [] if plan is None else [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
-        if not old and not new:
-            return ""
-        current = known.tables(ctx.host, vmid, old + new)
-        script = ruleset.restore_script(current, ruleset.with_guest(
-            current, ctx.host, known.public_ip, vmid, plan, known.claims))
-        after = known.without(vmid) if plan is None else known.with_plan(plan, public_ip)
-        recorded = None
-        if plan is not None:  # claims are recorded before they exist, and kept until gone
-            recorded = index.Index(public_ip, sorted(set(known.claims + after.claims)),
-                                   {**known.addresses, **after.addresses})
-            index.save(state, recorded)
+    known = index.load(ctx.places.state_dir)
+    if known is not None and (plan is None or known.public == public):
         try:
-            if script:
-                ctx.backend.apply(script)
-            if recorded != after._replace(claims=sorted(after.claims)):  # else saved already
-                index.save(state, after)
-            return script
+            return _change_from_index(ctx, known, vmid, plan, public)
         except netfilter.KernelRefused as e:
             log.warning("index.stale", vmid=vmid, error=e.stderr)
-    wanted = {}
+    return _change_from_kernel(ctx, vmid, plan, public)
 
-    def change(current):
-        if plan is None:
-            wanted["tables"] = ruleset.with_guest(current, ctx.host, None, vmid, None)
-        else:
-            wanted["tables"] = start_change(ctx, plan, public_ip)(current)
-        return wanted["tables"]
 
+def _change_from_index(ctx, known, vmid, plan, public) -> str:
+    """The change computed from the index alone, without reading the kernel: the touched
+    chains are always rewritten whole (index.Index.tables)."""
+    state = ctx.places.state_dir
+    if plan is not None:
+        Held(known.claims, known.addresses).check(plan)
+    old = [c for c in known.claims if c.vmid == vmid]
+    new = [] if plan is None else plan.claims()
+    if not old and not new:
+        return ""
+    current = known.tables(ctx.host, vmid, old + new)
+    script = ruleset.restore_script(current, ruleset.with_guest(
+        current, ctx.host, known.public, vmid, plan, known.claims))
+    after = known.without(vmid) if plan is None else known.with_plan(plan, public)
+    recorded = None
+    if plan is not None:  # claims are recorded before they exist, and kept until gone
+        recorded = index.Index(public, sorted(set(known.claims + after.claims)),
+                               {**known.addresses, **after.addresses})
+        index.save(state, recorded)
+    if script:
+        ctx.kernel.apply(script)
+    if recorded != after._replace(claims=sorted(after.claims)):  # else saved already
+        index.save(state, after)
+    return script
+
+
+def _change_from_kernel(ctx, vmid, plan, public) -> str:
+    state = ctx.places.state_dir
+    change = stop_change(ctx, vmid) if plan is None else start_change(ctx, plan, public)
     index.drop(state)  # while the kernel changes under a recorded index, trust neither
-    script = netfilter.update(ctx.backend, change)
-    index.save(state, index.from_tables(wanted["tables"], public_ip or ""))
+    script, wanted = netfilter.update(ctx.kernel, change)
+    index.save(state, index.from_tables(wanted, public))
     return script
 
 
@@ -140,21 +132,20 @@ def pre_start(ctx, vmid):
     plan = load_plan(ctx, vmid)
     if plan is None:
         return ""
-    pub = hostnet.public_ip(ctx.host)
-    with netfilter.locked(ctx.lock_path):
-        script = change_guest(ctx, vmid, plan, pub)
+    public = hostnet.public(ctx.host)
+    with netfilter.locked(ctx.places.lock_path):
+        script = change_guest(ctx, vmid, plan, public)
     log.info("guest.started", vmid=vmid, address=plan.address, changed=bool(script),
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards])
-    return summary(plan, pub)
+    return summary(plan, public.ip)
 
 
 def post_start(ctx, vmid):
-    if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
+    if not ctx.kernel.has_chain("nat", ruleset.guest_chain(vmid)):
         return ""
-    ports = hostnet.guest_ports(ctx.host.lan_bridge, ctx.sysfs).get(vmid, [])
-    for port in ports:
-        if not hostnet.hairpin_on(ctx.host.lan_bridge, port, ctx.sysfs):
-            hostnet.set_hairpin(ctx.host.lan_bridge, port, ctx.sysfs)
+    sysfs = ctx.places.sysfs
+    ports = hostnet.guest_ports(ctx.host.lan_bridge, sysfs).get(vmid, [])
+    hostnet.ensure_hairpin(ctx.host.lan_bridge, [vmid], sysfs)
     log.info("guest.hairpin", vmid=vmid, ports=ports)
     return f"pvenat: {vmid}: hairpin on {', '.join(ports)}" if ports else ""
 
@@ -162,19 +153,19 @@ def post_start(ctx, vmid):
 def post_stop(ctx, vmid):
     """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
     try:
-        known = index.load(ctx.host.state_dir)
+        known = index.load(ctx.places.state_dir)
         if known is None:
-            if not ctx.backend.has_chain("nat", ruleset.guest_chain(vmid)):
+            if not ctx.kernel.has_chain("nat", ruleset.guest_chain(vmid)):
                 return ""
-            addresses = ruleset.guest_addresses(ctx.backend.read())
+            addresses = ruleset.guest_addresses(ctx.kernel.read())
         else:
             addresses = known.addresses
-        with netfilter.locked(ctx.lock_path):
+        with netfilter.locked(ctx.places.lock_path):
             script = change_guest(ctx, vmid, None, None)
         address = next((a for a, v in addresses.items() if v == vmid), None)
         if script and address:
             try:
-                hostnet.forget_connections(hostnet.public_ip(ctx.host), address)
+                ctx.kernel.forget_connections(hostnet.public(ctx.host).ip, address)
             except PvenatError:
                 pass  # the rules are gone; its tracked flows expire on their own
     except PvenatError as e:

@@ -7,19 +7,21 @@ import re
 import subprocess
 
 from .errors import PvenatError
+from .ruleset import Public
 
 
-def public_ip(host) -> str:
-    """The configured public IP, or the first IPv4 on wan_bridge for 'auto'."""
+def public(host) -> Public:
+    """The configured public IP (SNAT to it), or for 'auto' the first IPv4 on wan_bridge
+    (MASQUERADE, which follows the address)."""
     if host.public_ip != "auto":
-        return host.public_ip
+        return Public(host.public_ip, snat=True)
     try:
         out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", host.wan_bridge],
                              capture_output=True, text=True, check=True).stdout
         for iface in json.loads(out):
             for addr in iface.get("addr_info", []):
                 if addr.get("family") == "inet" and addr.get("scope") == "global":
-                    return str(ipaddress.IPv4Address(addr["local"]))
+                    return Public(str(ipaddress.IPv4Address(addr["local"])))
     except (subprocess.CalledProcessError, ValueError, KeyError):
         pass
     raise PvenatError("host", f"no IPv4 address on {host.wan_bridge} (public_ip: auto); "
@@ -53,23 +55,20 @@ def guest_ports(bridge: str, sysfs: str = "/sys/class/net") -> dict[int, list[st
     return out
 
 
-def forget_connections(public_ip: str, address: str):
-    """Drop the kernel's tracked connections DNATed from the public address to a guest
-    that stopped: else a UDP flow keeps going to its address for minutes, and to the next
-    guest given it. Best effort: no conntrack tool, or nothing to drop, is fine."""
-    try:
-        subprocess.run(["conntrack", "-D", "--orig-dst", public_ip, "--reply-src", address],
-                       capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-
-
-def hairpin_on(bridge: str, port: str, sysfs: str = "/sys/class/net") -> bool:
-    with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode") as f:
-        return f.read().strip() == "1"
-
-
-def set_hairpin(bridge: str, port: str, sysfs: str = "/sys/class/net"):
-    """Let the bridge send a frame back out of the port it came in on (guest to itself)."""
-    with open(f"{sysfs}/{bridge}/brif/{port}/hairpin_mode", "w") as f:
-        f.write("1")
+def ensure_hairpin(bridge: str, vmids, sysfs: str, dry_run: bool = False) -> list[str]:
+    """Turn hairpin on for the guests' ports on the bridge, so that a guest reaches its
+    own forwards while br_netfilter is on: the bridge may then send a frame back out of
+    the port it came in on. Returns the ports that were (or would be) changed."""
+    ports = guest_ports(bridge, sysfs)
+    changed = []
+    for vmid in vmids:
+        for port in ports.get(vmid, []):
+            path = f"{sysfs}/{bridge}/brif/{port}/hairpin_mode"
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            if not dry_run:
+                with open(path, "w") as f:
+                    f.write("1")
+            changed.append(port)
+    return changed

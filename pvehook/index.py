@@ -21,18 +21,17 @@ UNKNOWN = ("(rules not read from the kernel)",)
 
 
 class Index(NamedTuple):
-    public_ip: str  # the base rules are in place for this address ("" = unknown)
-    claims: list  # Claim
-    addresses: dict  # guest address -> VMID
+    public: ruleset.Public | None  # the base rules are in place for this (None: unknown)
+    claims: list[Claim]
+    addresses: dict[str, int]  # guest address -> VMID
 
     def without(self, vmid: int) -> "Index":
-        return Index(self.public_ip, [c for c in self.claims if c.vmid != vmid],
+        return Index(self.public, [c for c in self.claims if c.vmid != vmid],
                      {a: v for a, v in self.addresses.items() if v != vmid})
 
-    def with_plan(self, plan, public_ip: str) -> "Index":
+    def with_plan(self, plan, public: ruleset.Public) -> "Index":
         out = self.without(plan.vmid)
-        return Index(public_ip, out.claims + [Claim(f.proto, *f.public, plan.vmid)
-                                              for f in plan.forwards],
+        return Index(public, out.claims + plan.claims(),
                      {**out.addresses, plan.address: plan.vmid})
 
     def tables(self, host, vmid: int, touched_claims) -> ruleset.Tables:
@@ -43,7 +42,7 @@ class Index(NamedTuple):
         marked unknown and always rewritten; a chain that is not there after all makes
         the kernel refuse the change, and the hook reads the kernel instead."""
         tables = ruleset.with_base({t: ruleset.Table() for t in ruleset.TABLES}, host,
-                                   self.public_ip, self.claims)
+                                   self.public, self.claims)
         touched = set().union(set(), *map(ruleset.claim_path, touched_claims))
         nat = tables["nat"]
         nat.chains.update({chain: UNKNOWN for chain in ruleset.dispatch(self.claims, touched)})
@@ -52,8 +51,8 @@ class Index(NamedTuple):
         return tables
 
 
-def from_tables(tables: ruleset.Tables, public_ip: str) -> Index:
-    return Index(public_ip, ruleset.held_claims(tables), ruleset.guest_addresses(tables))
+def from_tables(tables: ruleset.Tables, public) -> Index:
+    return Index(public, ruleset.held_claims(tables), ruleset.guest_addresses(tables))
 
 
 def load(state_dir: str):
@@ -61,7 +60,8 @@ def load(state_dir: str):
     try:
         with open(os.path.join(state_dir, NAME), encoding="utf-8") as f:
             raw = json.load(f)
-        return Index(raw["public_ip"], [Claim(*c) for c in raw["claims"]],
+        return Index(raw["public"] and ruleset.Public(*raw["public"]),
+                     [Claim(*c) for c in raw["claims"]],
                      {a: int(v) for a, v in raw["addresses"].items()})
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -70,7 +70,7 @@ def load(state_dir: str):
 def save(state_dir: str, index: Index):
     """Atomically: a reader sees the old file or the new one."""
     files.write_atomic(os.path.join(state_dir, NAME), json.dumps(
-        {"public_ip": index.public_ip, "claims": index.claims, "addresses": index.addresses},
+        {"public": index.public, "claims": index.claims, "addresses": index.addresses},
         separators=(",", ":")))
 
 

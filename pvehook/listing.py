@@ -2,7 +2,7 @@
 
 from . import ruleset
 from .errors import PvenatError
-from .plan import GuestPlan, plan_for
+from .plan import plan_for
 
 COLUMNS = ("VMID", "NAME", "TYPE", "STATUS", "ADDRESS", "FORWARD", "PROTO", "ALLOW", "LIVE",
            "PACKETS")
@@ -16,8 +16,8 @@ def collect(ctx) -> list[dict]:
     listed as "stale" (``pvenat sync`` fixes both).
     """
     node = ctx.host.pve.node_name()
-    current = ctx.backend.read()
-    counters = ctx.backend.counters()
+    current = ctx.kernel.read()
+    counters = ctx.kernel.counters()
     out = []
     for info in ctx.api.guests(node):
         chain = ruleset.guest_chain(info.vmid)
@@ -36,7 +36,7 @@ def collect(ctx) -> list[dict]:
         if plan:
             entry["address"] = plan.address
             for f in plan.forwards:
-                rules = ruleset.guest_rules(GuestPlan(plan.vmid, plan.address, (f,)))
+                rules = ruleset.forward_rules(plan.address, f)
                 planned.update(rules)
                 state = "yes" if live and all(r in live for r in rules) else (
                     "missing" if info.status == "running" else "-")

@@ -17,12 +17,12 @@ from . import logs, ruleset
 from .errors import PvenatError
 
 log = logs.get_logger("pvenat.netfilter")
-LOCK_PATH = "/run/lock/pvenat.lock"
 _RETRIES = 5  # a commit can fail with EAGAIN when a tool that takes no lock raced us
 
 
 class Iptables:
-    """iptables-legacy-save / -restore. Swap in another object with read() and apply()."""
+    """iptables-legacy-save / -restore. Another object with read(), apply(), has_chain()
+    and counters() can stand in (the unit tests' in-memory kernel)."""
 
     def __init__(self, save="iptables-legacy-save", restore="iptables-legacy-restore",
                  iptables="iptables-legacy", wait_seconds=30):
@@ -61,6 +61,16 @@ class Iptables:
                 out[(chain, spec)] = int(count[1:].split(":")[0])
         return out
 
+    def forget_connections(self, public_ip: str, address: str):
+        """Drop the kernel's tracked connections DNATed from the public address to a guest
+        that stopped: else a UDP flow keeps going to its address for minutes, and to the
+        next guest given it. Best effort: no conntrack tool, or nothing to drop, is fine."""
+        try:
+            subprocess.run(["conntrack", "-D", "--orig-dst", public_ip, "--reply-src",
+                            address], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
     def apply(self, script: str):
         logs.warm()  # the change is logged once applied
         self._run([self.restore, "--noflush", "--wait", str(self.wait_seconds)], script)
@@ -72,15 +82,14 @@ class Iptables:
             raise PvenatError("netfilter", f"{argv[0]} not found; install the iptables "
                               "package") from None
         if proc.returncode != 0:
-            raise KernelRefused(argv[0], proc.stderr.strip(), stdin)
+            raise KernelRefused(argv[0], proc.stderr.strip())
         return proc.stdout
 
 
 class KernelRefused(PvenatError):
-    def __init__(self, tool, stderr, script):
+    def __init__(self, tool, stderr):
         super().__init__("netfilter", f"{tool} failed: {stderr or 'no message'}")
         self.stderr = stderr
-        self.script = script
 
     @property
     def transient(self) -> bool:
@@ -89,8 +98,8 @@ class KernelRefused(PvenatError):
 
 
 @contextmanager
-def locked(path: str = LOCK_PATH):
-    """Serialise pvenat's own read-diff-apply cycles."""
+def locked(path: str):
+    """Serialise pvenat's own read-diff-apply cycles (path: Places.lock_path)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -100,20 +109,22 @@ def locked(path: str = LOCK_PATH):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def update(backend, change) -> str:
-    """Read the kernel, let ``change(current)`` return the wanted tables, apply the diff.
+def update(kernel, change):
+    """Read the kernel, let ``change(current)`` return (wanted tables, what it decided),
+    apply the difference. Returns (the script applied, what it decided); the script is
+    empty when the kernel already matched.
 
-    ``change`` may raise to refuse (nothing is applied then). Returns the script applied,
-    empty when the kernel already matched. The caller holds ``locked()``.
+    ``change`` may raise to refuse (nothing is applied then). The caller holds ``locked()``.
     """
     for attempt in range(_RETRIES):
-        current = backend.read()
-        script = ruleset.restore_script(current, change(current))
+        current = kernel.read()
+        wanted, decided = change(current)
+        script = ruleset.restore_script(current, wanted)
         if not script:
-            return ""
+            return "", decided
         try:
-            backend.apply(script)
-            return script
+            kernel.apply(script)
+            return script, decided
         except KernelRefused as e:
             if not e.transient or attempt == _RETRIES - 1:
                 raise

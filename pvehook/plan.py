@@ -14,10 +14,8 @@ from .ports import format_range
 from .spec import Forward, GuestSpec, nic_address, parse
 
 
-class GuestPlan(NamedTuple):
-    vmid: int
-    address: str
-    forwards: tuple[Forward, ...]
+# The host settings a plan depends on: a cached plan is valid while these are unchanged.
+PLAN_INPUTS = ("lan_bridge", "lan_address", "port_pool", "reserved_ports", "max_forwards")
 
 
 class Claim(NamedTuple):
@@ -30,6 +28,16 @@ class Claim(NamedTuple):
     lo: int
     hi: int
     vmid: int
+
+
+class GuestPlan(NamedTuple):
+    vmid: int
+    address: str
+    forwards: tuple[Forward, ...]
+
+    def claims(self) -> list[Claim]:
+        """The public ports this guest holds while it runs."""
+        return [Claim(f.proto, *f.public, self.vmid) for f in self.forwards]
 
 
 def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> GuestPlan:
@@ -92,9 +100,15 @@ class Held:
             self.claims[c.proto].append(c)
 
     def add(self, plan: GuestPlan):
-        for f in plan.forwards:
-            bisect.insort(self.claims[f.proto], Claim(f.proto, *f.public, plan.vmid))
-        self.addresses[plan.address] = plan.vmid
+        self.keep(plan.claims(), {plan.address: plan.vmid})
+
+    def keep(self, claims, addresses: dict):
+        for c in claims:
+            bisect.insort(self.claims[c.proto], c)
+        self.addresses.update(addresses)
+
+    def all_claims(self) -> list[Claim]:
+        return self.claims["tcp"] + self.claims["udp"]
 
     def overlapping(self, proto: str, lo: int, hi: int, vmid: int):
         """A claim of another guest that shares a port with lo..hi, or None."""

@@ -9,18 +9,20 @@ the sync still compares every chain. Lives in /run, so a reboot starts it afresh
 import hashlib
 import json
 
-from . import files
-from .plan import GuestPlan
+from . import __version__, files
+from .plan import PLAN_INPUTS, GuestPlan
 from .spec import Forward
 
 
-def fingerprint(host_key: str, guest) -> str:
-    """What a plan depends on: the guest's Notes, tags and NICs, and the host config
-    (``host_key``, the repr of the HostConfig)."""
+def fingerprint(host, guest) -> str:
+    """What a plan depends on: the guest's Notes, tags and NICs, the host settings a plan
+    reads (PLAN_INPUTS), and pvenat's version (an upgrade may plan differently)."""
     relevant = sorted(item for item in guest.config.items()
                       if item[0] in ("description", "tags")
                       or item[0].startswith(("net", "ipconfig")))
-    return hashlib.sha1(repr((host_key, guest.kind, guest.vmid, relevant)).encode()).hexdigest()
+    inputs = [str(getattr(host, name)) for name in PLAN_INPUTS]
+    return hashlib.sha1(repr((__version__, inputs, guest.kind, guest.vmid, relevant))
+                        .encode()).hexdigest()
 
 
 def load(path: str) -> dict:

@@ -32,75 +32,60 @@ class PveApi:
         self.settings = settings
         self._api = None
 
-    def _client(self):
-        if self._api is None:
-            self._api = connect(self.settings)
-        return self._api
-
-    def _call(self, method: str, path: str, **params):
-        client = self._client()
-        with deadline(self.settings.timeout):
-            return getattr(client(path), method)(**params)
+    def _call(self, what: str, method: str, path: str, **params):
+        """One request; any failure becomes a PvenatError that says ``what`` failed."""
+        try:
+            if self._api is None:
+                self._api = connect(self.settings)
+            with deadline(self.settings.timeout):
+                return getattr(self._api(path), method)(**params)
+        except PvenatError:
+            raise
+        except Exception as e:  # proxmoxer raises backend-specific types
+            raise api_error(what, e) from None
 
     def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
         """The guest's current config; without ``kind``, trying QEMU then LXC (the hook
         is told neither)."""
-        for kind in [kind] if kind else KINDS:
-            path = f"nodes/{node}/{kind}/{vmid}/config"
+        for found in [kind] if kind else KINDS:
+            path = f"nodes/{node}/{found}/{vmid}/config"
             try:
-                config = self._call("get", path)
-            except PvenatError:
-                raise
-            except Exception as e:  # proxmoxer raises backend-specific types
-                if "does not exist" in str(e):
+                config = self._call(f"guest {vmid}: cannot read /{path}", "get", path)
+            except PvenatError as e:
+                if "does not exist" in e.message:
                     continue
-                raise api_error(f"guest {vmid}: cannot read /{path}", e) from None
+                raise
             if not isinstance(config, dict) or "errors" in config or not all(
                     isinstance(k, str) for k in config):
                 raise PvenatError("pve", f"guest {vmid}: the PVE API answered /{path} with "
                                   f"something that is not a guest config: {str(config)[:200]!r}")
-            return Guest(vmid, kind, config)
+            return Guest(vmid, found, config)
         raise PvenatError("pve", f"guest {vmid}: no QEMU or LXC config on node {node}; is the "
                           "VMID right, and does pve.node name this node?")
 
     def guests(self, node: str) -> list[GuestInfo]:
         """Every QEMU and LXC guest on the node, with its status: one request."""
+        what = f"cannot list the guests of node {node}"
+        items = self._call(what, "get", "cluster/resources", type="vm")
         try:
-            items = self._call("get", "cluster/resources", type="vm")
             out = [GuestInfo(int(i["vmid"]), i["type"], str(i.get("name", "")),
                              str(i.get("status", "unknown")))
                    for i in items if i.get("node") == node and i.get("type") in KINDS]
-        except PvenatError:
-            raise
-        except Exception as e:
-            raise api_error(f"cannot list the guests of node {node}", e) from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise api_error(what, e) from None
         return sorted(out, key=lambda g: g.vmid)
 
     def storage_content(self, storage: str) -> list[str]:
-        try:
-            data = self._call("get", f"storage/{storage}")
-        except PvenatError:
-            raise
-        except Exception as e:
-            raise api_error(f"cannot read storage {storage}", e) from None
+        data = self._call(f"cannot read storage {storage}", "get", f"storage/{storage}")
         return [c for c in str(data.get("content", "")).split(",") if c]
 
     def set_storage_content(self, storage: str, content: str):
-        try:
-            self._call("put", f"storage/{storage}", content=content)
-        except PvenatError:
-            raise
-        except Exception as e:
-            raise api_error(f"cannot change storage {storage}", e) from None
+        self._call(f"cannot change storage {storage}", "put", f"storage/{storage}",
+                   content=content)
 
     def set_config(self, node: str, guest: Guest, **options):
         path = f"nodes/{node}/{guest.kind}/{guest.vmid}/config"
-        try:
-            self._call("put", path, **options)
-        except PvenatError:
-            raise
-        except Exception as e:
-            raise api_error(f"guest {guest.vmid}: cannot change /{path}", e) from None
+        self._call(f"guest {guest.vmid}: cannot change /{path}", "put", path, **options)
 
 
 class ApiTimeout(Exception):
@@ -146,6 +131,10 @@ def connect(settings: PveSettings):
         raise PvenatError("pve", f"API token file {settings.token_file}: {e.strerror}; "
                           "create it with 'pvenat install --token'") from None
     verify = {"true": True, "false": False}.get(settings.verify_ssl, settings.verify_ssl)
-    return proxmoxer.ProxmoxAPI(settings.host, port=settings.port, user=settings.user,
-                                token_name=settings.token_name, token_value=token,
-                                verify_ssl=verify, timeout=settings.timeout)
+    api = proxmoxer.ProxmoxAPI(settings.host, port=settings.port, user=settings.user,
+                               token_name=settings.token_name, token_value=token,
+                               verify_ssl=verify, timeout=settings.timeout)
+    # This node's own API: never through a proxy that https_proxy in the environment names
+    # (requests' session, as proxmoxer 1.2 to 2.3 keep it).
+    api._store["session"].trust_env = False
+    return api

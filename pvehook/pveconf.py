@@ -47,7 +47,7 @@ def _decode(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def config_locked(vmids, lock_dir: str = "/run/lock") -> set[int]:
+def config_locked(vmids, lock_dir: str, proc: str = "/proc") -> set[int]:
     """The guests whose config lock PVE holds right now: a start, stop or migration is
     under way, and the guest's own hooks run under that lock. Read from /proc/locks, so
     that looking never makes PVE wait for the lock."""
@@ -63,7 +63,7 @@ def config_locked(vmids, lock_dir: str = "/run/lock") -> set[int]:
     if not files:
         return set()
     held = set()
-    with open("/proc/locks", encoding="ascii", errors="replace") as f:
+    with open(f"{proc}/locks", encoding="ascii", errors="replace") as f:
         for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146470 0 EOF"
             fields = line.split()
             if len(fields) > 5 and fields[1] != "->" and fields[5] in files:
@@ -109,10 +109,10 @@ class ConfigFiles:
 
     def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
         """The guest's config; ``kind`` (qemu or lxc), when known, saves looking for it."""
-        for kind, folder in [f for f in _FOLDERS if f[0] == kind] or _FOLDERS:
+        for found, folder in [f for f in _FOLDERS if f[0] == kind] or _FOLDERS:
             path = f"{self.root}/nodes/{node}/{folder}/{vmid}.conf"
             try:
-                return Guest(vmid, kind, parse_conf(_read(path)))
+                return Guest(vmid, found, parse_conf(_read(path)))
             except FileNotFoundError:
                 continue
             except OSError as e:

@@ -21,6 +21,7 @@ whatever the number of guests. Nodes exist only where claims are.
 
 import bisect
 import re
+from typing import NamedTuple
 
 from .plan import Claim, GuestPlan
 from .ports import format_range
@@ -61,13 +62,22 @@ class Table:
 Tables = dict  # "nat"/"filter" -> Table
 
 
+class Public(NamedTuple):
+    """The public address forwards are reached on, and how guests leave through it:
+    SNAT to it when the admin named it, MASQUERADE when it is whatever wan_bridge has."""
+
+    ip: str
+    snat: bool = False
+
+
 # --- rendering -------------------------------------------------------------------------
 
-def base(host, public_ip: str) -> Tables:
+def base(host, public: Public) -> Tables:
     """The host-wide part: jumps, hairpin MASQUERADE, outbound SNAT, FORWARD accept."""
+    public_ip = public.ip
     pub = f"{public_ip}/32"
     lan = str(host.lan_network)
-    snat = "-j MASQUERADE" if host.public_ip == "auto" else f"-j SNAT --to-source {public_ip}"
+    snat = f"-j SNAT --to-source {public_ip}" if public.snat else "-j MASQUERADE"
     nat = Table(
         chains={
             DNAT: (),
@@ -91,17 +101,20 @@ def base(host, public_ip: str) -> Tables:
 
 
 def guest_rules(plan: GuestPlan) -> tuple:
-    rules = []
-    for f in plan.forwards:
-        if f.guest == f.public:
-            to = plan.address
-        elif f.guest[0] == f.guest[1]:
-            to = f"{plan.address}:{f.guest[0]}"
-        else:  # shifted port map: public lo..hi to guest lo..hi, port by port
-            to = f"{plan.address}:{f.guest[0]}-{f.guest[1]}/{f.public[0]}"
-        match = f"{port_match(f.proto, *f.public)} -j DNAT --to-destination {to}"
-        rules += [f"-s {src} {match}" for src in f.allow] if f.allow else [match]
-    return tuple(rules)
+    """The guest's chain: its forwards' DNAT rules, in order."""
+    return tuple(rule for f in plan.forwards for rule in forward_rules(plan.address, f))
+
+
+def forward_rules(address: str, f) -> list[str]:
+    """The DNAT rules of one forward: one rule, or one per allowed source."""
+    if f.guest == f.public:
+        to = address
+    elif f.guest[0] == f.guest[1]:
+        to = f"{address}:{f.guest[0]}"
+    else:  # shifted port map: public lo..hi to guest lo..hi, port by port
+        to = f"{address}:{f.guest[0]}-{f.guest[1]}/{f.public[0]}"
+    match = f"{port_match(f.proto, *f.public)} -j DNAT --to-destination {to}"
+    return [f"-s {src} {match}" for src in f.allow] if f.allow else [match]
 
 
 def dispatch(claims, touched=None) -> dict:
@@ -149,8 +162,8 @@ def dispatch(claims, touched=None) -> dict:
 def port_match(proto: str, lo: int, hi: int) -> str:
     """A destination port match. multiport, not ``-m udp --dport``: iptables 1.8.9 parses
     udp ports through getaddrinfo(), which dumps every address of every interface over
-    netlink, so loading 1,000 guests' rules beside 4,000 network devices took 7-11 s
-    instead of 0.08 s."""
+    netlink, so loading many guests' rules on a host with many devices took seconds (the
+    README's performance section has the figures)."""
     return f"-p {proto} -m multiport --dports {format_range(lo, hi, ':')}"
 
 
@@ -191,26 +204,37 @@ def _node(root: str, prefix: str) -> str:
     return f"{root}-{prefix}" if prefix else root
 
 
-def desired(host, public_ip: str, plans) -> Tables:
-    """Everything pvenat wants in the kernel for these running guests."""
-    tables = base(host, public_ip)
+class Kept(NamedTuple):
+    """A guest's rules taken over as the kernel has them, with the ports they claim."""
+
+    rules: tuple
+    claims: list[Claim]
+
+
+def desired(host, public: Public, plans, kept: dict) -> Tables:
+    """Everything pvenat wants in the kernel: the base rules, each plan's chain, each
+    ``kept`` guest's chain as it is ({vmid: Kept}), and the port tree over all claims."""
+    tables = base(host, public)
     nat = tables["nat"]
     all_claims = []
+    for vmid, guest in kept.items():
+        nat.chains[guest_chain(vmid)] = guest.rules
+        all_claims += guest.claims
     for plan in plans:
         nat.chains[guest_chain(plan.vmid)] = guest_rules(plan)
-        all_claims += [Claim(f.proto, *f.public, plan.vmid) for f in plan.forwards]
+        all_claims += plan.claims()
     nat.chains.update(dispatch(all_claims))
     return tables
 
 
-def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=None) -> Tables:
+def with_guest(current: Tables, host, public: Public, vmid: int, plan, claims=None) -> Tables:
     """``current`` with one guest's rules replaced by ``plan`` (None: removed).
 
     A plan also brings the base rules into shape; a removal leaves them as they are.
     ``claims`` are held_claims(current), when the caller has them already.
     """
     claims = held_claims(current) if claims is None else claims
-    tables = with_base(current, host, public_ip, claims) if plan else {
+    tables = with_base(current, host, public, claims) if plan else {
         t: current[t].copy() for t in TABLES}
     nat = tables["nat"]
     changed = [c for c in claims if c.vmid == vmid]
@@ -218,7 +242,7 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=No
     nat.chains.pop(guest_chain(vmid), None)
     if plan is not None:
         nat.chains[guest_chain(vmid)] = guest_rules(plan)
-        mine = [Claim(f.proto, *f.public, vmid) for f in plan.forwards]
+        mine = plan.claims()
         held += mine
         changed += mine
     if not (held or DNAT in nat.chains):
@@ -233,15 +257,31 @@ def with_guest(current: Tables, host, public_ip: str, vmid: int, plan, claims=No
     return tables
 
 
-def with_base(current: Tables, host, public_ip: str, claims=None) -> Tables:
+def with_base(current: Tables, host, public: Public, claims=None) -> Tables:
     """``current`` with the host-wide rules in shape; guests' rules are kept."""
     claims = held_claims(current) if claims is None else claims
     tables = {t: current[t].copy() for t in TABLES}
-    for table, wanted in base(host, public_ip).items():
+    for table, wanted in base(host, public).items():
         tables[table].chains.update(wanted.chains)
         tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
     tables["nat"].chains[DNAT] = tuple(dnat_rules(claims))
     return tables
+
+
+def base_in_place(current: Tables, host, public: Public) -> bool:
+    """Whether the host-wide rules and jumps are all there (PVENAT-DNAT aside: it
+    follows the guests)."""
+    wanted = base(host, public)
+    return all(current[t].chains.get(c) == rules for t in TABLES
+               for c, rules in wanted[t].chains.items() if c != DNAT) and all(
+        j in current[t].jumps for t in TABLES for j in wanted[t].jumps)
+
+
+def keep_jumps(wanted: Tables, current: Tables) -> Tables:
+    """``wanted`` with the jumps already in the kernel left where they are."""
+    for table in TABLES:
+        wanted[table].jumps = merge_jumps(current[table].jumps, wanted[table].jumps)
+    return wanted
 
 
 def merge_jumps(have, want):
@@ -293,6 +333,15 @@ def guest_addresses(tables: Tables) -> dict[str, int]:
 
 def managed_guests(tables: Tables) -> set[int]:
     return {int(c[len(PREFIX):]) for c in tables["nat"].chains if is_guest_chain(c)}
+
+
+def guest_state(tables: Tables, vmid: int, claims=None) -> tuple[Kept, dict]:
+    """A guest's chain as the kernel has it, and its addresses ({address: vmid}).
+    ``claims`` are held_claims(tables), when the caller has them already."""
+    claims = held_claims(tables) if claims is None else claims
+    rules = tables["nat"].chains.get(guest_chain(vmid), ())
+    m = _TO.search(rules[0]) if rules else None
+    return Kept(rules, [c for c in claims if c.vmid == vmid]), ({m.group(1): vmid} if m else {})
 
 
 # --- the difference as one iptables-restore --noflush script ---------------------------

@@ -4,9 +4,9 @@ import os
 import shutil
 import subprocess
 
-from . import hook, hostnet, ruleset
+from . import hostnet, ruleset
+from .context import HOOKSCRIPT, SNIPPET, UNITS
 from .errors import PvenatError
-from .install import SNIPPET, UNITS
 from .plan import plan_for
 
 
@@ -19,18 +19,13 @@ def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]
            ("hookscript", os.path.exists(os.path.join(root, SNIPPET)),
             f"/{SNIPPET}" + ("" if os.path.exists(os.path.join(root, SNIPPET)) else
                              " missing; run 'pvenat install'"))]
-    up = _flag_up(host.lan_bridge, ctx.sysfs)
+    up = _flag_up(host.lan_bridge, ctx.places.sysfs)
     out.append(("bridge", up, f"{host.lan_bridge} {'up' if up else 'missing or down'}"))
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
+    with open(f"{ctx.places.proc}/sys/net/ipv4/ip_forward") as f:
         fwd = f.read().strip() == "1"
     out.append(("forwarding", fwd, "net.ipv4.ip_forward=" + ("1" if fwd else "0")))
     try:
-        pub = hostnet.public_ip(host)
-        current = ctx.backend.read()
-        base = ruleset.base(host, pub)
-        ok = all(current[t].chains.get(c) == rules for t in ruleset.TABLES
-                 for c, rules in base[t].chains.items() if c != ruleset.DNAT) and all(
-            j in current[t].jumps for t in ruleset.TABLES for j in base[t].jumps)
+        ok = ruleset.base_in_place(ctx.kernel.read(), host, hostnet.public(host))
         out.append(("rules", ok, "SNAT, hairpin and jumps in place" if ok else
                     "base rules missing or changed; run 'pvenat sync'"))
     except PvenatError as e:
@@ -67,7 +62,7 @@ def _guests(ctx):
             continue
         on_lan = any(f"bridge={ctx.host.lan_bridge}" in str(v).split(",")
                      for k, v in guest.config.items() if k.startswith("net"))
-        if on_lan and guest.config.get("hookscript") != hook.HOOKSCRIPT:
+        if on_lan and guest.config.get("hookscript") != HOOKSCRIPT:
             unhooked.append(str(info.vmid))
         try:
             plan_for(guest, ctx.host)

@@ -3,9 +3,12 @@
 Run at boot, by a timer every minute and by hand. It catches what hooks alone miss:
 Notes edited while a guest runs, a live migration's source (which gets no post-stop),
 chains someone flushed, bridge ports that lost their hairpin flag.
+
+Three steps: plan (read every running guest's config, outside the lock), apply (under
+pvenat's lock: decide which guests are in, render, write the difference), ports (the
+hairpin flags, as post-start sets them).
 """
 
-import bisect
 import os
 
 from . import hostnet, index, logs, netfilter, plancache, pveconf, ruleset
@@ -43,7 +46,41 @@ class SyncResult:
         return out
 
 
-def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResult):
+class Planned:
+    """The guests this node runs, as read before taking the lock."""
+
+    def __init__(self, running: dict, seen: set):
+        self.running = running  # VMID -> kind, as the guest listing says
+        self.seen = seen  # VMIDs whose NICs existed just before the listing
+        self.plans = {}  # VMID -> GuestPlan
+        self.broken = set()  # VMIDs whose config could not be read or planned
+
+
+def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
+    """Every running guest's plan, from the plan cache where its config is unchanged."""
+    host = ctx.host
+    node = host.pve.node_name()
+    cache_path = os.path.join(ctx.places.state_dir, "plans.json")
+    cached, fresh = plancache.load(cache_path), {}
+    seen = hostnet.guests_here(ctx.places.sysfs)
+    out = Planned({i.vmid: i.kind for i in ctx.configs.guests(node) if i.status == "running"},
+                  seen)
+    for vmid, kind in sorted(out.running.items()):
+        try:
+            guest = ctx.configs.guest(node, vmid, kind)
+            key = plancache.fingerprint(host, guest)
+            fresh[key] = cached[key] if key in cached else plan_for(guest, host)
+            if fresh[key] is not None:
+                out.plans[vmid] = fresh[key]
+        except PvenatError as e:
+            result.problems[vmid] = e.message
+            out.broken.add(vmid)
+    if fresh.keys() != cached.keys() and not dry_run:
+        plancache.save(cache_path, fresh)
+    return out
+
+
+def reconcile(current, host, public, plans: dict, keep: set, result: SyncResult):
     """The wanted tables, and what they hold: ``plans`` for guests running here, ``keep``
     guests as they are.
 
@@ -51,113 +88,76 @@ def reconcile(current, host, public_ip, plans: dict, keep: set, result: SyncResu
     conflict loses, not the one that was there. A guest whose plan is refused keeps its
     current rules. Anything else of pvenat's (guests not running here) goes.
     """
-    wanted = ruleset.base(host, public_ip)
-    nat = wanted["nat"]
     live = ruleset.managed_guests(current)
-    held = Held()
+    claims = ruleset.held_claims(current)
+    held, accepted, kept = Held(), [], {}
 
     def keep_current(vmid):
         if vmid in live:
-            nat.chains[ruleset.guest_chain(vmid)] = current["nat"].chains[
-                ruleset.guest_chain(vmid)]
-            for c in ruleset.held_claims(current):
-                if c.vmid == vmid:
-                    bisect.insort(held.claims[c.proto], c)
-            held.addresses.update({a: v for a, v in ruleset.guest_addresses(current).items()
-                                   if v == vmid})
+            kept[vmid], addresses = ruleset.guest_state(current, vmid, claims)
+            held.keep(kept[vmid].claims, addresses)
 
     for vmid in sorted(keep):
         keep_current(vmid)
     for vmid in sorted(plans, key=lambda v: (v not in live, v)):
-        plan = plans[vmid]
         try:
-            held.check(plan)
+            held.check(plans[vmid])
         except PvenatError as e:
             result.problems[vmid] = e.message
             keep_current(vmid)
             continue
-        nat.chains[ruleset.guest_chain(vmid)] = ruleset.guest_rules(plan)
-        held.add(plan)
-    nat.chains.update(ruleset.dispatch(held.claims["tcp"] + held.claims["udp"]))
-    for table in ruleset.TABLES:  # keep jumps that are already right where they are
-        wanted[table].jumps = ruleset.merge_jumps(current[table].jumps, wanted[table].jumps)
+        accepted.append(plans[vmid])
+        held.add(plans[vmid])
+    wanted = ruleset.keep_jumps(ruleset.desired(host, public, accepted, kept), current)
 
     now = ruleset.managed_guests(wanted)
     result.forwarded = sorted(now)
     result.added = sorted(now - live)
     result.removed = sorted(live - now)
-    result.updated = sorted(v for v in now & live if nat.chains[ruleset.guest_chain(v)]
-                            != current["nat"].chains[ruleset.guest_chain(v)])
+    result.updated = sorted(v for v in now & live if wanted["nat"].chains[
+        ruleset.guest_chain(v)] != current["nat"].chains[ruleset.guest_chain(v)])
     return wanted, held
 
 
-def sync(ctx, dry_run: bool = False) -> SyncResult:
-    host = ctx.host
-    node = host.pve.node_name()
-    result = SyncResult()
-    plans, keep = {}, set()
-    cache_path = os.path.join(host.state_dir, "plans.json")
-    cached, fresh, host_key = plancache.load(cache_path), {}, repr(host)
-    seen = hostnet.guests_here(ctx.sysfs)
-    running = {i.vmid: i.kind for i in ctx.configs.guests(node) if i.status == "running"}
-    for vmid, kind in sorted(running.items()):
-        try:
-            guest = ctx.configs.guest(node, vmid, kind)
-            key = plancache.fingerprint(host_key, guest)
-            if key in cached:
-                plan = cached[key]
-            else:
-                plan = plan_for(guest, host)
-            fresh[key] = plan
-            if plan is not None:
-                plans[vmid] = plan
-        except PvenatError as e:
-            result.problems[vmid] = e.message
-            keep.add(vmid)
-    if fresh.keys() != cached.keys() and not dry_run:
-        plancache.save(cache_path, fresh)
-    pub = hostnet.public_ip(host)
+def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
+    """Under pvenat's lock: decide which guests are in, and write the difference."""
+    host, places = ctx.host, ctx.places
+    public = hostnet.public(host)
 
-    def change(current):  # under pvenat's lock
-        here = hostnet.guests_here(ctx.sysfs)
+    def change(current):
+        here = hostnet.guests_here(places.sysfs)
         # NICs gone since the listing: the guest stopped meanwhile, and its post-stop may
         # have cleaned up already; it is not running, whatever the listing said.
-        stopped = seen - here
+        stopped = planned.seen - here
         result.problems = {v: m for v, m in result.problems.items()
-                           if v in keep and v not in stopped}
+                           if v in planned.broken and v not in stopped}
         # Not listed as running here, yet its NICs are (a live migration's target while
         # the config still sits on the source), or PVE holds its config lock (a start
         # between pre-start and its NICs, a stop before post-stop): its own hooks have
         # it in hand.
-        gone = ruleset.managed_guests(current) - (running.keys() - stopped)
-        busy = (gone & here) | pveconf.config_locked(gone - here, host.pve.lock_dir)
-        return reconcile(current, host, pub,
-                         {v: p for v, p in plans.items() if v not in stopped},
-                         (keep - stopped) | busy, result)
+        gone = ruleset.managed_guests(current) - (planned.running.keys() - stopped)
+        busy = (gone & here) | pveconf.config_locked(gone - here, host.pve.lock_dir,
+                                                     places.proc)
+        return reconcile(current, host, public,
+                         {v: p for v, p in planned.plans.items() if v not in stopped},
+                         (planned.broken - stopped) | busy, result)
 
-    with netfilter.locked(ctx.lock_path):
-        if dry_run:
-            current = ctx.backend.read()
-            result.script = ruleset.restore_script(current, change(current)[0])
-        else:
-            wanted = {}
-            index.drop(host.state_dir)  # while the kernel changes, hooks read the kernel
+    if dry_run:
+        current = ctx.kernel.read()
+        result.script = ruleset.restore_script(current, change(current)[0])
+        return
+    index.drop(places.state_dir)  # while the kernel changes, hooks read the kernel
+    result.script, held = netfilter.update(ctx.kernel, change)
+    index.save(places.state_dir, index.Index(public, held.all_claims(), held.addresses))
 
-            def remember(current):
-                tables, wanted["held"] = change(current)
-                return tables
 
-            result.script = netfilter.update(ctx.backend, remember)
-            held = wanted["held"]
-            index.save(host.state_dir, index.Index(
-                pub, held.claims["tcp"] + held.claims["udp"], held.addresses))
-        ports = hostnet.guest_ports(host.lan_bridge, ctx.sysfs)
-        for vmid in result.forwarded:
-            for port in ports.get(vmid, []):
-                if not hostnet.hairpin_on(host.lan_bridge, port, ctx.sysfs):
-                    if not dry_run:
-                        hostnet.set_hairpin(host.lan_bridge, port, ctx.sysfs)
-                    result.hairpin.append(port)
+def sync(ctx, dry_run: bool = False) -> SyncResult:
+    result = SyncResult()
+    planned = plan(ctx, result, dry_run)
+    with netfilter.locked(ctx.places.lock_path):
+        apply(ctx, planned, result, dry_run)
+        result.hairpin = hostnet.ensure_hairpin(ctx.host.lan_bridge, result.forwarded,
+                                                ctx.places.sysfs, dry_run)
     if result.script or result.problems or result.hairpin:  # a quiet minute logs nothing
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),

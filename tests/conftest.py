@@ -1,3 +1,5 @@
+"""Shared by the unit tests (no root, no kernel) and the lab tests (root, namespaces)."""
+
 import os
 import socket
 import subprocess
@@ -5,25 +7,11 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+for folder in ("", "fakepve", "lab"):
+    sys.path.insert(0, os.path.join(TESTS, folder))
 
-from lab import FAKEPVE, TOKEN, Lab  # noqa: E402
-
-
-def lab_fixture(guests, **options):
-    """A namespace lab for a fixture to yield from; removed whatever the tests did."""
-    if os.geteuid() != 0:
-        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
-    lab = Lab(guests, **options)
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
-def proxmoxer_has_local() -> bool:
-    import proxmoxer
-    return "local" in proxmoxer.core.SERVICES["PVE"]["supported_backends"]
+from shared import FAKEPVE, TOKEN  # noqa: E402
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def render_conf(config: dict, snapshot: dict | None = None) -> str:
     """A .conf as PVE writes it: Notes as percent-encoded # lines, then keys, then
     snapshot sections (which hold older configs and must not be read as current)."""
     def encode(text):
-        return "".join(c if c.isascii() and (c.isalnum() or c in " -_.,/=+*!?()[]{}<>'\"`~^|;@&$") else
+        plain = " -_.,/=+*!?()[]{}<>'\"`~^|;@&$"
+        return "".join(c if c.isascii() and (c.isalnum() or c in plain) else
                        "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
     lines = [f"#{encode(line)}" for line in config.get("description", "").split("\n")] \

@@ -4,9 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import proxmoxer_has_local
-
-from lab import FAKEPVE, TOKEN
+from shared import FAKEPVE, TOKEN, proxmoxer_has_local
 from pvehook.config import PveSettings
 from pvehook.errors import PvenatError
 from pvehook.pve import PveApi

@@ -10,11 +10,11 @@ import pytest
 from pvehook import config
 from pvehook.errors import PvenatError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_missing_file_means_defaults(tmp_path):
-    cfg = config.load(str(tmp_path / "none.yaml"))
+    cfg = config.load(str(tmp_path / "none.yaml"), str(tmp_path))
     assert cfg == config.HostConfig()
     assert cfg.lan_network == ipaddress.IPv4Network("172.22.161.0/24")
     assert cfg.port_pool.first_outside(10000, 60999) is None
@@ -52,24 +52,24 @@ def test_bad_config_names_the_key(text, message):
 
 def test_load_keeps_the_parse_and_checks_it_again(tmp_path, monkeypatch):
     """The cache spares hooks PyYAML; it never spares a check or hides an edit."""
-    monkeypatch.setenv("PVENAT_STATE_DIR", str(tmp_path / "state"))
+    state = str(tmp_path / "state")
     path = tmp_path / "pvenat.yaml"
     path.write_text("lan_bridge: vmbr2\nport_pool: [20000-20099]\n")
-    assert config.load(str(path)).lan_bridge == "vmbr2"
+    assert config.load(str(path), state).lan_bridge == "vmbr2"
     cache = tmp_path / "state" / config.CACHE
     assert cache.exists()
-    probe = ("import sys; from pvehook import config; c = config.load(sys.argv[1]); "
-             "print(c.lan_bridge, c.port_pool, c.state_dir, 'yaml' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+    probe = ("import sys; from pvehook import config; c = config.load(*sys.argv[1:]); "
+             "print(c.lan_bridge, c.port_pool, 'yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(path), state], capture_output=True,
                          text=True, check=True, cwd=REPO, env=dict(os.environ)).stdout
-    assert out == f"vmbr2 20000-20099 {tmp_path / 'state'} False\n"
+    assert out == "vmbr2 20000-20099 False\n"
     path.write_text("lan_bridge: vmbr3\n")  # an edit is read at once
-    assert config.load(str(path)).lan_bridge == "vmbr3"
+    assert config.load(str(path), state).lan_bridge == "vmbr3"
     path.write_text("lan_bridge: vmbr0\n")  # a broken config is refused each time
     for _ in range(2):
         with pytest.raises(PvenatError, match="both vmbr0; they must differ"):
-            config.load(str(path))
+            config.load(str(path), state)
     cache.write_text("{not json")  # a damaged cache is only a slower start
     path.write_text("lan_bridge: vmbr4\n")
-    assert config.load(str(path)).lan_bridge == "vmbr4"
-    assert config.load(str(path)).lan_bridge == "vmbr4"
+    assert config.load(str(path), state).lan_bridge == "vmbr4"
+    assert config.load(str(path), state).lan_bridge == "vmbr4"

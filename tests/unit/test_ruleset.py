@@ -11,8 +11,8 @@ from pvehook.plan import Claim, GuestPlan
 from pvehook.spec import Forward
 
 HOST = HostConfig()
-PUB = "203.0.113.10"
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+PUB = ruleset.Public("203.0.113.10")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden")
 A = GuestPlan(101, "172.22.161.170", (
     Forward("tcp", (10000, 10099), (10000, 10099)),
     Forward("tcp", (12222, 12222), (22, 22)),
@@ -36,7 +36,7 @@ def render(tables):
 
 
 def test_golden_two_guests():
-    got = render(ruleset.desired(HOST, PUB, [A, B]))
+    got = render(ruleset.desired(HOST, PUB, [A, B], {}))
     path = os.path.join(GOLDEN, "two_guests.rules")
     if os.environ.get("PVENAT_UPDATE_GOLDEN"):
         with open(path, "w") as f:
@@ -47,7 +47,7 @@ def test_golden_two_guests():
 
 def test_hand_pinned_rules():
     """A few lines written by hand, so a regenerated golden file cannot bless a bug."""
-    nat = ruleset.desired(HOST, PUB, [A]).get("nat")
+    nat = ruleset.desired(HOST, PUB, [A], {}).get("nat")
     assert ("PREROUTING", "-d 203.0.113.10/32 -i vmbr0 -j PVENAT-DNAT") in nat.jumps
     assert ("PREROUTING", "-d 203.0.113.10/32 -i vmbr1 -j PVENAT-DNAT") in nat.jumps
     assert ("OUTPUT", "-d 203.0.113.10/32 -j PVENAT-DNAT") in nat.jumps
@@ -66,7 +66,7 @@ def test_hand_pinned_rules():
     assert "-p tcp -m multiport --dports 8192:12287 -j PVENAT-TCP-2" in nat.chains["PVENAT-TCP"]
     # 10000-10099 = 0x2710-0x2773 shares the prefix 27.
     assert "-p tcp -m multiport --dports 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
-    filt = ruleset.desired(HOST, PUB, [A])["filter"]
+    filt = ruleset.desired(HOST, PUB, [A], {})["filter"]
     assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD")]
 
 
@@ -101,7 +101,7 @@ def test_tree_walk_is_short_and_exact_with_1000_guests():
               Forward("udp", (start, start + width - 1), (start, start + width - 1))]
         plans.append(GuestPlan(vmid, "172.22.161.2", tuple(fw)))
         start += width + rng.choice([0, 0, 3])
-    chains = ruleset.desired(HOST, PUB, plans)["nat"].chains
+    chains = ruleset.desired(HOST, PUB, plans, {})["nat"].chains
     worst = 0
     for plan in plans:
         for f in plan.forwards:
@@ -128,7 +128,7 @@ def saved(tables):
 
 
 def test_parse_save_reads_back_only_ours():
-    want = ruleset.desired(HOST, PUB, [A, B])
+    want = ruleset.desired(HOST, PUB, [A, B], {})
     got = {t: ruleset.parse_save(text) for t, text in saved(want).items()}
     assert {t: (got[t].chains, got[t].jumps) for t in got} == \
         {t: (want[t].chains, want[t].jumps) for t in want}
@@ -139,13 +139,13 @@ def test_parse_save_reads_back_only_ours():
 
 
 def test_diff_is_empty_when_equal_and_minimal_otherwise():
-    both = ruleset.desired(HOST, PUB, [A, B])
+    both = ruleset.desired(HOST, PUB, [A, B], {})
     assert ruleset.restore_script(both, both) == ""
     only_b = ruleset.with_guest(both, HOST, None, 101, None)
     script = ruleset.restore_script(both, only_b)
     assert "-F PVENAT-101" in script and "-X PVENAT-101" in script
     assert "PVENAT-102" not in script.replace("-j PVENAT-102", "")  # B's chain untouched
-    assert only_b["nat"].chains == ruleset.desired(HOST, PUB, [B])["nat"].chains
+    assert only_b["nat"].chains == ruleset.desired(HOST, PUB, [B], {})["nat"].chains
     back = ruleset.with_guest(only_b, HOST, PUB, 101, A)
     assert back["nat"].chains == both["nat"].chains
 
@@ -153,7 +153,7 @@ def test_diff_is_empty_when_equal_and_minimal_otherwise():
 def test_empty_start_then_remove_keeps_base():
     empty = {t: ruleset.Table() for t in ruleset.TABLES}
     started = ruleset.with_guest(empty, HOST, PUB, 102, B)
-    assert started["nat"].chains == ruleset.desired(HOST, PUB, [B])["nat"].chains
+    assert started["nat"].chains == ruleset.desired(HOST, PUB, [B], {})["nat"].chains
     stopped = ruleset.with_guest(started, HOST, None, 102, None)
     assert stopped["nat"].chains == ruleset.base(HOST, PUB)["nat"].chains
     assert stopped["nat"].jumps == started["nat"].jumps

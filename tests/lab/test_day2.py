@@ -8,18 +8,15 @@ import time
 
 import pytest
 
-from conftest import lab_fixture
-from pvehook import netfilter
-
-from lab import PEER_IP, PUBLIC_IP
+from lab import PEER_IP, PUBLIC_IP, lab_fixture
 
 NOTES = "```pvenat\nforwards:\n  - 12222:22\n  - 10000-10009/both\n```\n"
 
 
 def guests():
     return {
-        101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:22", "tcp:10000",
-                                                                      "udp:10000"],
+        101: {"kind": "qemu", "address": "172.22.161.170",
+              "serve": ["tcp:22", "tcp:10000", "udp:10000"],
               "config": {"description": NOTES, "hookscript": "local:snippets/pvenat.py",
                          "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1",
                          "ipconfig0": "ip=172.22.161.170/24,gw=172.22.161.254"}},
@@ -141,7 +138,7 @@ def test_a_guest_that_stops_while_sync_waits_for_the_lock_is_not_running(lab):
     whose NICs vanish meanwhile has stopped: its rules must not stay, or come back after
     its post-stop removed them."""
     settle(lab)
-    with open(netfilter.LOCK_PATH, "a") as lock:
+    with open(os.path.join(lab.dir, "state", "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sync = subprocess.Popen(lab.pvenat_argv("sync"), stdout=subprocess.PIPE, text=True)
         inode = f":{os.fstat(lock.fileno()).st_ino} "

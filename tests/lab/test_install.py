@@ -10,7 +10,9 @@ import subprocess
 
 import pytest
 
-from lab import FAKEPVE, PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
+from shared import FAKEPVE
+
+from lab import PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
 
 STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
           "\tbridge-ports none\n\tbridge-stp off\n\tbridge-fd 0\n")

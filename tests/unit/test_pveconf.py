@@ -57,10 +57,10 @@ def test_finds_qemu_then_lxc(tmp_path):
 
 
 def test_files_and_api_give_the_same_config():
-    from test_lab import guests
+    from shared import flow_guests
 
     from api import render_conf
-    for g in guests().values():
+    for g in flow_guests().values():
         want = dict(g["config"])
         if "description" in want:  # PVE drops trailing white space when it parses
             want["description"] = want["description"].rstrip()

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepve"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "fakepve")]
 import api  # noqa: E402
+from shared import FAKEPVE, TOKEN  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKEPVE = os.path.join(REPO, "tests", "fakepve")
+REPO = os.path.dirname(os.path.dirname(HERE))
+NETPROBE = os.path.join(HERE, "netprobe.py")
 PUBLIC_IP = "203.0.113.10"
 PEER_IP = "203.0.113.1"
 LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
@@ -28,7 +30,6 @@ HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
 # With PVENAT_INSTALLED=1 the lab runs the installed package (/usr/sbin/pvenat, the
 # hookscript under /usr/share/pvenat) on Debian's python3, not this work tree.
 INSTALLED = os.environ.get("PVENAT_INSTALLED") == "1"
-TOKEN = "pvenat@pve!hook=5e1c3a0e-7d2b-4c8e-9f00-1a2b3c4d5e6f"
 
 
 # What a PVE host's file looks like: PVE's header, a NIC, vmbr0 bridging it, a post-up
@@ -74,6 +75,18 @@ def pve_root(root: str) -> str:
     for unit in ("pvenat.service", "pvenat-sync.service", "pvenat-sync.timer"):
         shutil.copy(os.path.join(REPO, "systemd", unit), f"{root}/lib/systemd/system")
     return root
+
+
+def lab_fixture(guests, **options):
+    """A namespace lab for a fixture to yield from; removed whatever the tests did."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.fail("the namespace lab needs root (network namespaces, iptables)")
+    lab = Lab(guests, **options)
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 def sh(*argv, check=True, input=None):
@@ -127,7 +140,8 @@ class Lab:
         h = self.host
         self._netns(h)
         self._netns(self.inet)
-        lan = [["link", "add", "vmbr1", "type", "bridge"], ["addr", "add", self.lan, "dev", "vmbr1"],
+        lan = [["link", "add", "vmbr1", "type", "bridge"],
+               ["addr", "add", self.lan, "dev", "vmbr1"],
                ["link", "set", "vmbr1", "up"]] if self.lan_bridge else []
         for cmd in (["link", "add", "vmbr0", "type", "bridge"],
                     ["link", "add", "eno1", "type", "veth", "peer", "name", "eth0",
@@ -181,7 +195,7 @@ class Lab:
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
 
     def serve(self, ns, name, ports):
-        self.spawn(ns, [self.python, os.path.join(REPO, "tests", "netprobe.py"), "serve",
+        self.spawn(ns, [self.python, NETPROBE, "serve",
                         name, *ports])
 
     def spawn(self, ns, argv):
@@ -218,8 +232,8 @@ class Lab:
             path = os.path.join(self.etc_pve, api.conf_path(g))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
-                f.write(api.render_conf(g["config"], snapshot={"description": "old%0Anotes",
-                                                                "tags": "pvenat-10001"}))
+                f.write(api.render_conf(g["config"], snapshot={
+                    "description": "old%0Anotes", "tags": "pvenat-10001"}))
 
     def fixture_config(self, vmid):
         """The guest's config as the fake API holds it now (after PUTs)."""
@@ -271,7 +285,7 @@ class Lab:
         return subprocess.run(self.pvenat_argv(*args), capture_output=True, text=True, cwd="/")
 
     def probe(self, ns, proto, host, port, src=None):
-        argv = [self.python, os.path.join(REPO, "tests", "netprobe.py"), proto, host,
+        argv = [self.python, NETPROBE, proto, host,
                 str(port)] + ([src] if src else [])
         return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
 

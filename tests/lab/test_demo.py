@@ -12,7 +12,7 @@ from lab import REPO, sh
 def test_demo_prints_the_flow_table_and_cleans_up():
     if os.geteuid() != 0:
         pytest.fail("the demo needs root (network namespaces, iptables)")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "demo.py")],
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "lab", "demo.py")],
                             capture_output=True, text=True, env=dict(os.environ, KEEP="0"))
     assert result.returncode == 0, result.stdout + result.stderr
     table = result.stdout[result.stdout.index("flow "):].splitlines()

@@ -10,9 +10,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import lab_fixture
-
-from lab import sh
+from lab import lab_fixture, sh
 from pvehook import ruleset
 from pvehook.config import HostConfig
 from pvehook.plan import plan_guest

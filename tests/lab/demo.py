@@ -132,8 +132,8 @@ def main():
                            "pids": [p.pid for p in lab.procs]}, f)
             env = " ".join(f"{k}={v}" for k, v in lab.env().items())
             print(f"""The demo stays up (make demo-down removes it). Things to try:
-  ip netns exec {lab.inet} python3 {REPO}/tests/netprobe.py tcp {PUBLIC_IP} 12222
-  ip netns exec {lab.ns(102)} python3 {REPO}/tests/netprobe.py tcp {PUBLIC_IP} 12222
+  ip netns exec {lab.inet} python3 {REPO}/tests/lab/netprobe.py tcp {PUBLIC_IP} 12222
+  ip netns exec {lab.ns(102)} python3 {REPO}/tests/lab/netprobe.py tcp {PUBLIC_IP} 12222
   ip netns exec {lab.host} iptables-legacy-save -t nat
   ip netns exec {lab.host} env -i {env} python3 -m pvehook list
   ip netns exec {lab.host} env -i {env} python3 -m pvehook status""")

@@ -1,0 +1,71 @@
+"""pvenat install / uninstall: turn a stock PVE host into the NAT layout, and back.
+
+One module per resource, each with its install and its uninstall side by side; install
+runs them in STEPS order, uninstall in reverse. A step plans Actions (install/actions.py)
+from what the host has now, so --dry-run prints exactly what a run would do. What pvenat
+created is recorded (install/record.py), so uninstall removes that and nothing else.
+"""
+
+from .. import logs
+from ..errors import PvenatError
+from . import bridge, forwarding, hookscript, rules, token, units
+from .record import Record
+from .system import System
+
+log = logs.get_logger("pvenat.install")
+# The token first: the storage step of hookscript talks to the API with it.
+STEPS = (token, bridge, forwarding, rules, hookscript, units)
+
+
+class Env:
+    """What the steps work with."""
+
+    def __init__(self, ctx, system: System, config_path: str, token: bool = False):
+        self.host = ctx.host
+        self.api = ctx.api
+        self.kernel = ctx.kernel
+        self.places = ctx.places
+        self.system = system
+        self.config_path = config_path
+        self.token = token  # --token: make an API token for the https backend
+        self.token_pending = False  # the token exists only once the token step ran
+        self.record = Record.load(system)
+        self.notes = []  # what uninstall kept, and why
+
+
+def install_actions(env: Env) -> list:
+    if env.system.root == "/" and not env.system.is_pve():
+        raise PvenatError("host", "this is not a Proxmox VE host (no pveversion); pvenat "
+                          "install changes nothing here")
+    actions = []
+    for step in STEPS:
+        actions += _listed(step.install(env))
+        env.token_pending = env.token_pending or (step is token and bool(actions))
+    return actions
+
+
+def uninstall_actions(env: Env) -> list:
+    actions = []
+    for step in reversed(STEPS):
+        actions += _listed(step.uninstall(env))
+    return actions
+
+
+def _listed(planned) -> list:
+    if planned is None:
+        return []
+    return [a for a in planned if a is not None] if isinstance(planned, list) else [planned]
+
+
+def run_actions(env: Env, actions: list, dry_run: bool, out):
+    """Print each action; apply it unless dry_run."""
+    if not actions:
+        print("pvenat: nothing to change", file=out)
+    for action in actions:
+        print(f"{'would ' if dry_run else ''}{action.what}", file=out)
+        detail = action.detail()
+        if dry_run and detail:
+            print("  " + detail.rstrip("\n").replace("\n", "\n  "), file=out)
+        if not dry_run:
+            action.apply(env.system, env.record)
+            log.info("install.step", step=action.what)

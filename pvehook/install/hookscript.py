@@ -1,0 +1,68 @@
+"""Install step: the hookscript as a snippet PVE can run (local:snippets/pvenat.py), and
+the 'snippets' content type on storage local, keeping its other types."""
+
+import os
+
+from ..context import SNIPPET
+from ..errors import PvenatError
+from .actions import Action, Do, RemoveFile, WriteFile
+
+# The package's copy, else this work tree's (running from a checkout).
+SOURCES = ("/usr/share/pvenat/pvenat.py",
+           os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+               os.path.abspath(__file__)))), "hookscripts", "pvenat.py"))
+STORAGE = "local"
+
+
+def install(env):
+    return [_snippet(env), _content(env)]
+
+
+def uninstall(env):
+    out = []
+    path = env.system.path(SNIPPET)
+    if env.system.exists(path):
+        out.append(Action(f"remove the hookscript ({path})", RemoveFile(path)))
+    if env.record.snippets_content:
+        content = [c for c in env.api.storage_content(STORAGE) if c != "snippets"]
+        out.append(Action(f"stop storage '{STORAGE}' holding snippets",
+                          _set_content(env, content), remember={"snippets_content": False}))
+    return out
+
+
+def _snippet(env):
+    source = next((p for p in SOURCES if os.path.exists(p)), None)
+    if source is None:
+        raise PvenatError("host", "the hookscript is missing from /usr/share/pvenat; "
+                          "reinstall the pvenat package")
+    path = env.system.path(SNIPPET)
+    new, old = env.system.read(source), env.system.read(path)
+    if old == new:
+        return None
+    return Action(f"install the hookscript as {path}", WriteFile(path, new, old, mode=0o755))
+
+
+def _content(env):
+    """Storage 'local' must hold snippets for local:snippets/pvenat.py to resolve. Before
+    a token exists the API cannot be asked, so it is asked when applying."""
+    what = f"let storage '{STORAGE}' hold snippets (keeping its other content types)"
+    if env.token_pending:
+        def add():
+            content = env.api.storage_content(STORAGE)
+            if "snippets" not in content:
+                _set_content(env, content + ["snippets"]).apply(env.system)
+                env.record.update(env.system, snippets_content=True)
+        return Action(what + ", once the token exists",
+                      Do(f"pvesh set /storage/{STORAGE} --content <its content types>,snippets",
+                         add))
+    content = env.api.storage_content(STORAGE)
+    if "snippets" in content:
+        return None
+    return Action(what, _set_content(env, content + ["snippets"]),
+                  remember={"snippets_content": True})
+
+
+def _set_content(env, content):
+    joined = ",".join(content)
+    return Do(f"pvesh set /storage/{STORAGE} --content {joined}",
+              lambda: env.api.set_storage_content(STORAGE, joined))

@@ -1,0 +1,69 @@
+"""An in-memory kernel for the unit tests: pvenat's tables as data, changed by the same
+iptables-restore --noflush scripts the real one gets. Stands in for netfilter.Iptables
+(read, apply, has_chain, counters) so that hooks and sync run in process, without root."""
+
+from pvehook import ruleset
+from pvehook.netfilter import KernelRefused
+
+
+class MemKernel:
+    def __init__(self):
+        self.tables = {t: ruleset.Table() for t in ruleset.TABLES}
+        self.applied = []  # every script, in order
+        self.forgotten = []  # guest addresses whose tracked connections were dropped
+
+    def read(self):
+        return {t: ruleset.Table(dict(v.chains), list(v.jumps)) for t, v in self.tables.items()}
+
+    def has_chain(self, table, chain):
+        return chain in self.tables[table].chains
+
+    def counters(self):
+        return {}
+
+    def forget_connections(self, public_ip, address):
+        self.forgotten.append(address)
+
+    def apply(self, script: str):
+        """All or nothing per table, as iptables-restore commits; refuses what the real
+        one refuses: a rule for a chain that does not exist, deleting a missing rule,
+        a chain still referenced."""
+        work = self.read()
+        table = None
+        for line in script.splitlines():
+            words = line.split(" ", 2)
+            if line.startswith("*"):
+                table = work[line[1:]]
+            elif line == "COMMIT":
+                table = None
+            elif line.startswith(":"):
+                table.chains[line[1:].split()[0]] = ()
+            elif words[0] == "-A":
+                self._need(table, words[1], line)
+                if words[1].startswith(ruleset.PREFIX):
+                    table.chains[words[1]] += (words[2],)
+                else:
+                    table.jumps.append((words[1], words[2]))
+            elif words[0] == "-D":
+                if (words[1], words[2]) not in table.jumps:
+                    raise KernelRefused("iptables-restore", f"no such rule: {line}")
+                table.jumps.remove((words[1], words[2]))
+            elif words[0] == "-F":
+                self._need(table, words[1], line)
+                table.chains[words[1]] = ()
+            elif words[0] == "-X":
+                self._need(table, words[1], line)
+                target = f"-j {words[1]}"
+                if any(r.endswith(target) for rules in table.chains.values() for r in rules) \
+                        or any(spec.endswith(target) for _, spec in table.jumps):
+                    raise KernelRefused("iptables-restore", f"chain in use: {line}")
+                del table.chains[words[1]]
+            else:
+                raise AssertionError(f"unexpected line {line!r}")
+        self.tables = work
+        self.applied.append(script)
+
+    @staticmethod
+    def _need(table, chain, line):
+        if chain.startswith(ruleset.PREFIX) and chain not in table.chains:
+            raise KernelRefused("iptables-restore", f"chain does not exist: {line}")
