@@ -71,11 +71,6 @@ def load(path: str, state_dir: str) -> HostConfig:
     return _build(_parse_cached(text, path, state_dir), path)
 
 
-def parse(text: str, path: str) -> HostConfig:
-    """Check config text, without the cache."""
-    return _build(yamlstrict.load(text, path, "config"), path)
-
-
 def _build(root, path: str) -> HostConfig:
     if root is None:
         return HostConfig()

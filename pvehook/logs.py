@@ -1,8 +1,9 @@
 """Structured events: structlog, configured once by the CLI, imported on first use.
 
-Importing structlog costs about 70 ms, most of what a hook for an unmanaged guest may
-take; runs that change nothing log nothing, so they never pay it. Runs that change
-rules import it in the background while iptables-restore works (warm()).
+Importing structlog costs more than the rest of a hook for an unmanaged guest (the
+README's performance section has the figures): runs that change nothing log nothing,
+so they never pay it, and runs that change rules import it in the background while
+iptables-restore works (warm()).
 """
 
 import sys

@@ -4,7 +4,7 @@ Everything is composed into nodes and never constructed into Python objects by P
 scalars stay strings (so ``2222:22`` is not the sexagesimal integer 133342 and ``on`` is
 not ``True``), and callers read values with the line they came from.
 
-PyYAML is imported on the first parse only: importing it costs 30 ms, a third of a hook
+PyYAML is imported on the first parse only: importing it costs a good part of a hook
 for a guest pvenat does not manage.
 """
 

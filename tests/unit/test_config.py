@@ -13,6 +13,12 @@ from pvehook.errors import PvenatError
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def parse(text, tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    return config.load(str(path), str(tmp_path / "state"))
+
+
 def test_missing_file_means_defaults(tmp_path):
     cfg = config.load(str(tmp_path / "none.yaml"), str(tmp_path))
     assert cfg == config.HostConfig()
@@ -21,11 +27,11 @@ def test_missing_file_means_defaults(tmp_path):
     assert cfg.reserved_ports.first_inside(5000, 5410) == 5405
 
 
-def test_full_config():
-    cfg = config.parse("wan_bridge: vmbr0\npublic_ip: 203.0.113.10\nlan_bridge: vmbr2\n"
-                       "lan_address: 10.10.0.1/16\nport_pool: [20000-20099, 30000]\n"
-                       "reserved_ports: []\nmax_forwards: 8\n"
-                       "pve:\n  backend: https\n  node: pve7\n  verify_ssl: false\n", "x.yaml")
+def test_full_config(tmp_path):
+    cfg = parse("wan_bridge: vmbr0\npublic_ip: 203.0.113.10\nlan_bridge: vmbr2\n"
+                "lan_address: 10.10.0.1/16\nport_pool: [20000-20099, 30000]\n"
+                "reserved_ports: []\nmax_forwards: 8\n"
+                "pve:\n  backend: https\n  node: pve7\n  verify_ssl: false\n", tmp_path)
     assert cfg.public_ip == "203.0.113.10" and cfg.lan_bridge == "vmbr2"
     assert str(cfg.port_pool) == "20000-20099, 30000"
     assert cfg.max_forwards == 8 and cfg.pve.backend == "https" and cfg.pve.node_name() == "pve7"
@@ -44,9 +50,9 @@ def test_full_config():
     ("wan_bridge: [a, b]", "expected a single value"),
     ("a: &x 1\nb: *x", "aliases"),
 ])
-def test_bad_config_names_the_key(text, message):
+def test_bad_config_names_the_key(text, message, tmp_path):
     with pytest.raises(PvenatError) as e:
-        config.parse(text, "x.yaml")
+        parse(text, tmp_path)
     assert message in e.value.message and e.value.code == "config"
 
 
