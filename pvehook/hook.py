@@ -141,13 +141,14 @@ def pre_start(ctx, vmid):
 
 
 def post_start(ctx, vmid):
-    if not ctx.kernel.has_chain("nat", ruleset.guest_chain(vmid)):
+    """The guest's ports on lan_bridge exist only now: set them up (hostnet.ensure_ports),
+    whether or not the guest has forwards (its outbound traffic needs them too)."""
+    ports = hostnet.guest_ports(ctx.host.lan_bridge, ctx.places.sysfs).get(vmid, [])
+    if not ports:
         return ""
-    sysfs = ctx.places.sysfs
-    ports = hostnet.guest_ports(ctx.host.lan_bridge, sysfs).get(vmid, [])
-    hostnet.ensure_hairpin(ctx.host.lan_bridge, [vmid], sysfs)
+    hostnet.ensure_ports(ctx.host.lan_bridge, [vmid], ctx.places)
     log.info("guest.hairpin", vmid=vmid, ports=ports)
-    return f"pvenat: {vmid}: hairpin on {', '.join(ports)}" if ports else ""
+    return f"pvenat: {vmid}: hairpin on {', '.join(ports)}"
 
 
 def post_stop(ctx, vmid):

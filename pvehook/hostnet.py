@@ -55,20 +55,51 @@ def guest_ports(bridge: str, sysfs: str = "/sys/class/net") -> dict[int, list[st
     return out
 
 
-def ensure_hairpin(bridge: str, vmids, sysfs: str, dry_run: bool = False) -> list[str]:
-    """Turn hairpin on for the guests' ports on the bridge, so that a guest reaches its
-    own forwards while br_netfilter is on: the bridge may then send a frame back out of
-    the port it came in on. Returns the ports that were (or would be) changed."""
-    ports = guest_ports(bridge, sysfs)
+def ensure_ports(bridge: str, vmids, places, dry_run: bool = False) -> list[str]:
+    """Set up the guests' ports on the bridge so that every flow works (README, "Guests
+    behind the PVE firewall"), as PVE plugs them anew at each start:
+
+    - hairpin on the port: with br_netfilter on, a guest reaching its own forward is
+      bridged back out of the port it came in on;
+    - behind a firewall bridge (fwpr<vmid>p<n> on the bridge, pve-common PVE/Network.pm):
+      fwbr<vmid>i<n> answers no ARP (else a guest may take it for its gateway, and its
+      routed traffic meets conntrack in the firewall bridges' zone), and does not learn
+      from its link fwln<vmid>i<n> (else the hairpin's reflected broadcasts teach it that
+      the guest sits behind the link, and frames to the guest are dropped).
+
+    ``vmids``: the guests to set up, None for every guest on the bridge. Returns the ports
+    that were (or would be) changed."""
+    ports = guest_ports(bridge, places.sysfs)
     changed = []
-    for vmid in vmids:
+    for vmid in sorted(ports) if vmids is None else vmids:
         for port in ports.get(vmid, []):
-            path = f"{sysfs}/{bridge}/brif/{port}/hairpin_mode"
+            wanted = [(f"{places.sysfs}/{bridge}/brif/{port}/hairpin_mode", "1")]
+            m = _FIREWALL_PORT.fullmatch(port)
+            if m:
+                nic = f"{m.group(1)}i{m.group(2)}"
+                wanted += [(f"{places.sysfs}/fwbr{nic}/brif/fwln{nic}/learning", "0"),
+                           (f"{places.proc}/sys/net/ipv4/conf/fwbr{nic}/arp_ignore", "1")]
+            if _ensure(wanted, dry_run):
+                changed.append(port)
+    return changed
+
+
+_FIREWALL_PORT = re.compile(r"fwpr([0-9]+)p([0-9]+)")
+
+
+def _ensure(settings, dry_run: bool) -> bool:
+    """Write each (file, value) that differs; whether any did. A device that went away
+    meanwhile (the guest stopped) is skipped."""
+    changed = False
+    for path, value in settings:
+        try:
             with open(path) as f:
-                if f.read().strip() == "1":
+                if f.read().strip() == value:
                     continue
             if not dry_run:
                 with open(path, "w") as f:
-                    f.write("1")
-            changed.append(port)
+                    f.write(value)
+        except FileNotFoundError:
+            continue
+        changed = True
     return changed

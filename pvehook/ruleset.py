@@ -27,10 +27,14 @@ from .plan import Claim, GuestPlan
 from .ports import format_range
 
 PREFIX = "PVENAT-"
+ZONE = "PVENAT-ZONE"
 DNAT = "PVENAT-DNAT"
 POSTROUTING = "PVENAT-POSTROUTING"
 FORWARD = "PVENAT-FORWARD"
-TABLES = ("nat", "filter")
+TABLES = ("raw", "nat", "filter")
+# The conntrack zone of packets bridged through PVE's firewall bridges: the one PVE's
+# own docs (pve-network.adoc) and SDN zones with SNAT use, so that both agree.
+FIREWALL_BRIDGE_ZONE = 1
 _CLAIM = re.compile(
     r"-p (tcp|udp) -m multiport --dports ([0-9]+)(?::([0-9]+))? -j PVENAT-([0-9]+)")
 _TO = re.compile(r"--to-destination ([0-9.]+)")
@@ -73,7 +77,8 @@ class Public(NamedTuple):
 # --- rendering -------------------------------------------------------------------------
 
 def base(host, public: Public) -> Tables:
-    """The host-wide part: jumps, hairpin MASQUERADE, outbound SNAT, FORWARD accept."""
+    """The host-wide part: the firewall bridges' conntrack zone, jumps, hairpin
+    MASQUERADE, outbound SNAT, FORWARD accept."""
     public_ip = public.ip
     pub = f"{public_ip}/32"
     lan = str(host.lan_network)
@@ -97,7 +102,14 @@ def base(host, public: Public) -> Tables:
     filt = Table(
         chains={FORWARD: (f"-m conntrack --ctstate DNAT --ctorigdst {public_ip} -j ACCEPT",)},
         jumps=[("FORWARD", f"-j {FORWARD}")])
-    return {"nat": nat, "filter": filt}
+    # With br_netfilter, a packet bridged through a guest's firewall bridge meets
+    # conntrack there and again on the lan bridge, where the host routes and NATs it. In
+    # one zone the first pass would decide "no NAT" for the second, or see its NATed
+    # packet as new; so the firewall bridges get a zone of their own (README, "Guests
+    # behind the PVE firewall").
+    raw = Table(chains={ZONE: (f"-j CT --zone {FIREWALL_BRIDGE_ZONE}",)},
+                jumps=[("PREROUTING", f"-i fwbr+ -j {ZONE}")])
+    return {"raw": raw, "nat": nat, "filter": filt}
 
 
 def guest_rules(plan: GuestPlan) -> tuple:

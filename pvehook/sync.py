@@ -2,11 +2,12 @@
 
 Run at boot, by a timer every minute and by hand. It catches what hooks alone miss:
 Notes edited while a guest runs, a live migration's source (which gets no post-stop),
-chains someone flushed, bridge ports that lost their hairpin flag.
+chains someone flushed, bridge ports that PVE plugged anew without the hooks (a container
+rebooted from inside).
 
 Three steps: plan (read every running guest's config, outside the lock), apply (under
 pvenat's lock: decide which guests are in, render, write the difference), ports (the
-hairpin flags, as post-start sets them).
+bridge ports, as post-start sets them up).
 """
 
 import os
@@ -157,8 +158,8 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
     planned = plan(ctx, result, dry_run)
     with netfilter.locked(ctx.places.lock_path):
         apply(ctx, planned, result, dry_run)
-        result.hairpin = hostnet.ensure_hairpin(ctx.host.lan_bridge, result.forwarded,
-                                                ctx.places.sysfs, dry_run)
+        result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
+                                              dry_run)
     if result.script or result.problems or result.hairpin:  # a quiet minute logs nothing
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),

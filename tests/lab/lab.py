@@ -19,6 +19,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "fakepve")]
 import api  # noqa: E402
+import pvenode  # noqa: E402
 from shared import FAKEPVE, TOKEN  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -98,12 +99,15 @@ def sh(*argv, check=True, input=None):
 
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
-                 lan="172.22.161.254/24", lan_bridge=True, prefix=None,
+                 lan="172.22.161.254/24", lan_bridge=True, prefix=None, firewall=None,
                  python=sys.executable):
-        """``guests``: {vmid: {kind, config, node?, address?, serve?}}.
+        """``guests``: {vmid: {kind, config, node?, address?, serve?, vm_firewall?}}.
 
-        A guest with an address gets a namespace on vmbr1 answering on ``serve``
-        ("tcp:22", ...); one without exists only in the fake API.
+        A guest with an address gets a namespace answering on ``serve`` ("tcp:22", ...),
+        its NIC plugged as PVE plugs net0 of its config; one without exists only in the
+        fake API. ``firewall="iptables"``: the host runs pve-firewall, so NICs with
+        firewall=1 sit behind firewall bridges and its FORWARD rules are loaded; a guest's
+        ``vm_firewall`` (a list of IN rules) enables its own chains, policy DROP.
         """
         self.prefix = prefix or f"pvn{os.getpid() % 100000}"
         self.host = f"{self.prefix}-host"
@@ -115,6 +119,7 @@ class Lab:
         self.lan = lan
         self.lan_bridge = lan_bridge  # False: pvenat install creates vmbr1
         self.gateway, self.prefixlen = lan.split("/")
+        self.node = pvenode.Node(self.host, firewall)
         self.namespaces = []
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
@@ -160,6 +165,8 @@ class Lab:
         for vmid, guest in self.guests.items():
             if guest.get("address") and self.lan_bridge:
                 self.add_guest(vmid)
+        if self.node.firewall == "iptables":
+            self.load_pve_firewall()
         self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
         self.write_fixture()
         self.write_config()
@@ -178,18 +185,51 @@ class Lab:
         self.ports = want
 
     def add_guest(self, vmid):
-        """The guest's namespace, its NIC on vmbr1 under PVE's port name, its servers."""
-        h, guest = self.host, self.guests[vmid]
-        kind, address, g = guest["kind"], guest["address"], self.ns(vmid)
-        self._netns(g)
-        port = f"tap{vmid}i0" if kind == "qemu" else f"veth{vmid}i0"
-        sh("ip", "-n", h, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-           "netns", g)
-        sh("ip", "-n", h, "link", "set", port, "master", "vmbr1", "up")
-        sh("ip", "-n", g, "addr", "add", f"{address}/{self.prefixlen}", "dev", "eth0")
+        """The guest's namespace, its NIC plugged as PVE plugs it, its servers."""
+        self._netns(self.ns(vmid))
+        self.plug(vmid)
+        self.serve(self.ns(vmid), f"g{vmid}", self.guests[vmid].get("serve", []))
+
+    def nic(self, vmid) -> dict:
+        return pvenode.nic_options(self.guests[vmid]["config"]["net0"])
+
+    def plug(self, vmid):
+        """net0 of the guest: the host-side port under PVE's name, the guest's eth0 with
+        the MAC of its config, its address and route."""
+        guest, g = self.guests[vmid], self.ns(vmid)
+        port, opts = pvenode.port_name(vmid, guest["kind"]), self.nic(vmid)
+        mac = ["address", opts["macaddr"]] if "macaddr" in opts else []
+        sh("ip", "-n", self.host, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+           *mac, "netns", g)
+        self.node.plug(port, opts)
+        sh("ip", "-n", g, "addr", "add", f"{guest['address']}/{self.prefixlen}", "dev", "eth0")
         sh("ip", "-n", g, "link", "set", "eth0", "up")
         sh("ip", "-n", g, "route", "add", "default", "via", self.gateway)
-        self.serve(g, f"g{vmid}", guest.get("serve", []))
+
+    def replug(self, vmid):
+        """The guest's NIC made anew, as when a container reboots from inside: PVE runs
+        no hookscript phase for that (pve-container src/lxc-pve-poststop-hook)."""
+        self.node.unplug(pvenode.port_name(vmid, self.guests[vmid]["kind"]))
+        self.plug(vmid)
+
+    def load_pve_firewall(self):
+        """pve-firewall's filter rules for the guests behind firewall bridges, applied as
+        it applies them (iptables-restore -n, its FORWARD jump appended if missing)."""
+        nics, vm_fw = {}, {}
+        for vmid, guest in self.guests.items():
+            opts = self.nic(vmid) if "net0" in guest["config"] else {}
+            if guest.get("address") and opts.get("firewall") == "1":
+                port = pvenode.port_name(vmid, guest["kind"])
+                nics[port] = opts.get("macaddr") or sh(
+                    "ip", "netns", "exec", self.ns(vmid), "cat",
+                    "/sys/class/net/eth0/address").stdout.strip()
+                if "vm_firewall" in guest:
+                    vm_fw[port] = guest["vm_firewall"]
+        restore = ["ip", "netns", "exec", self.host, "iptables-legacy-restore", "-n"]
+        sh(*restore, input=pvenode.firewall_rules(nics, vm_fw))
+        jump = pvenode.forward_jump(self.iptables_save("-t", "filter"))
+        if jump:
+            sh(*restore, input=jump)
 
     def sysctl(self, ns, key, value):
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")

@@ -68,6 +68,9 @@ def test_hand_pinned_rules():
     assert "-p tcp -m multiport --dports 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
     filt = ruleset.desired(HOST, PUB, [A], {})["filter"]
     assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD")]
+    raw = ruleset.desired(HOST, PUB, [A], {})["raw"]
+    assert raw.jumps == [("PREROUTING", "-i fwbr+ -j PVENAT-ZONE")]
+    assert raw.chains == {"PVENAT-ZONE": ("-j CT --zone 1",)}
 
 
 def walk(chains, proto, port):

@@ -1,0 +1,210 @@
+"""What a PVE node does to its network when guests start and stop, as PVE's own source does
+it, for the lab: the commands run inside the lab's host namespace.
+
+- plug(): a guest NIC onto its bridge, pve-common src/PVE/Network.pm tap_plug: the VLAN
+  bridge vmbrXv<tag> (activate_bridge_vlan) for a tag on a bridge that is not
+  VLAN-aware, the firewall bridge (create_firewall_bridge_linux) for firewall=1 under
+  the iptables pve-firewall (pve-firewall src/PVE/Firewall/Helpers.pm needs_fwbr).
+- unplug(): the guest's devices gone, as qemu-server's pve-bridgedown (tap_unplug) and
+  the LXC poststop hook (veth_delete) leave them.
+- firewall_rules(): pve-firewall's filter table for those guests (src/PVE/Firewall.pm
+  compile_iptables_filter), as its compile() prints it for the cluster firewall on.
+"""
+
+import re
+import subprocess
+
+
+def nic_options(value: str) -> dict:
+    """netN of a guest config: 'virtio=BC:24:..,bridge=vmbr1,firewall=1,tag=5'."""
+    out = {}
+    for part in value.split(","):
+        key, _, val = part.partition("=")
+        if re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", val) and key not in ("hwaddr",):
+            out["macaddr"] = val  # QEMU: model=MAC
+        out[key] = val
+    if "hwaddr" in out:
+        out["macaddr"] = out["hwaddr"]
+    return out
+
+
+def port_name(vmid: int, kind: str, index: int = 0) -> str:
+    return f"{'tap' if kind == 'qemu' else 'veth'}{vmid}i{index}"
+
+
+class Node:
+    """The host namespace's network as PVE would change it."""
+
+    def __init__(self, ns: str, firewall="iptables"):
+        self.ns = ns
+        self.firewall = firewall  # "iptables": pve-firewall; None or "nftables": no fwbr
+
+    def _exec(self, *argv, check=True):
+        proc = subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                              text=True)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+        return proc
+
+    def run(self, *args):
+        self._exec("ip", *args)
+
+    def bridge(self, *args):
+        self._exec("bridge", *args)
+
+    def read(self, path: str) -> str:
+        """A file of the namespace's /sys or /proc; '' when there is none."""
+        return self._exec("cat", path, check=False).stdout.strip()
+
+    def ls(self, path: str) -> list[str]:
+        return self._exec("ls", path, check=False).stdout.split()
+
+    def write(self, path: str, value: str):
+        self._exec("sh", "-c", f"echo {value} > {path}")
+
+    def sysctl(self, key: str, value: str):
+        self.write("/proc/sys/" + key.replace(".", "/"), value)
+
+    def vlan_aware(self, bridge: str) -> bool:
+        return self.read(f"/sys/class/net/{bridge}/bridge/vlan_filtering") == "1"
+
+    def plug(self, port: str, opts: dict) -> str:
+        """Put the guest's host-side port on its bridge (tap_plug); returns the bridge
+        it ends up on."""
+        bridge, tag = opts["bridge"], opts.get("tag")
+        mtu = self.read(f"/sys/class/net/{bridge}/mtu")
+        # tap_create (qemu-server) / the veth LXC made: no IPv6, up, promiscuous
+        self.sysctl(f"net.ipv6.conf.{port}.disable_ipv6", "1")
+        self.run("link", "set", port, "up", "promisc", "on", "mtu", mtu)
+        if tag and not self.vlan_aware(bridge):
+            bridge, tag = self.activate_bridge_vlan(bridge, tag), None
+        if opts.get("firewall") == "1" and self.firewall == "iptables":
+            self.create_firewall_bridge(port, bridge, tag)
+        else:
+            self.bridge_add_interface(bridge, port, tag)
+        return bridge
+
+    def create_firewall_bridge(self, port: str, bridge: str, tag):
+        """create_firewall_bridge_linux: tap - [fwbrNiM] - fwlnNiM <veth> fwprNpM - bridge."""
+        m = re.fullmatch(r"(?:tap|veth)([0-9]+)i([0-9]+)", port)
+        vmid, index = m.groups()
+        fwbr, fwln, fwpr = f"fwbr{vmid}i{index}", f"fwln{vmid}i{index}", f"fwpr{vmid}p{index}"
+        mtu = self.read(f"/sys/class/net/{bridge}/mtu")
+        self.run("link", "add", fwbr, "type", "bridge")
+        self.sysctl(f"net.ipv6.conf.{fwbr}.disable_ipv6", "1")
+        self.run("link", "set", fwbr, "up", "mtu", mtu)
+        self.copy_bridge_config(bridge, fwbr)
+        self.run("link", "add", "name", fwln, "mtu", mtu, "type", "veth", "peer", "name",
+                 fwpr, "mtu", mtu)
+        for dev in (fwln, fwpr):
+            self.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+            self.run("link", "set", dev, "up", "mtu", mtu)
+        self.bridge_add_interface(bridge, fwpr, tag)
+        self.bridge_add_interface(fwbr, fwln)
+        self.bridge_add_interface(fwbr, port)
+
+    def bridge_add_interface(self, bridge: str, iface: str, tag=None):
+        mtu = self.read(f"/sys/class/net/{bridge}/mtu")
+        self.run("link", "set", iface, "mtu", mtu)
+        self.sysctl(f"net.ipv6.conf.{iface}.disable_ipv6", "1")
+        self.run("link", "set", iface, "master", bridge)
+        if self.vlan_aware(bridge):
+            self.bridge("vlan", "del", "dev", iface, "vid", "1-4094")
+            if not tag:
+                self.bridge("vlan", "add", "dev", iface, "vid", "2-4094")
+            self.bridge("vlan", "add", "dev", iface, "vid", tag or "1", "pvid", "untagged")
+
+    def activate_bridge_vlan(self, bridge: str, tag: str) -> str:
+        """A tag on a bridge that is not VLAN-aware: the port goes onto vmbrXv<tag>, which
+        bridges <physical port>.<tag> of each physical port of vmbrX."""
+        physical = [p for p in self.ls(f"/sys/class/net/{bridge}/brif")
+                    if not re.match(r"(tap|veth|fwpr|fwln)", p)]
+        if not physical:
+            raise RuntimeError(f"no physical interface on bridge '{bridge}'")
+        vlan_bridge = f"{bridge}v{tag}"
+        if not self.read(f"/sys/class/net/{vlan_bridge}/mtu"):
+            self.run("link", "add", vlan_bridge, "type", "bridge")
+        self.run("link", "set", vlan_bridge, "mtu", self.read(f"/sys/class/net/{bridge}/mtu"))
+        for port in physical:
+            sub = f"{port}.{tag}"
+            if not self.read(f"/sys/class/net/{sub}/mtu"):
+                self.run("link", "add", "link", port, "name", sub, "type", "vlan", "id", tag)
+            self.sysctl(f"net.ipv6.conf.{sub}.disable_ipv6", "1")
+            self.run("link", "set", sub, "up")
+            self.bridge_add_interface(vlan_bridge, sub)
+        self.sysctl(f"net.ipv6.conf.{vlan_bridge}.disable_ipv6", "1")
+        self.run("link", "set", vlan_bridge, "up")
+        self.copy_bridge_config(bridge, vlan_bridge)
+        return vlan_bridge
+
+    def copy_bridge_config(self, source: str, target: str):
+        for key in ("ageing_time", "stp_state", "priority", "forward_delay", "hello_time",
+                    "max_age", "multicast_snooping", "multicast_querier"):
+            value = self.read(f"/sys/class/net/{source}/bridge/{key}")
+            if value and value != self.read(f"/sys/class/net/{target}/bridge/{key}"):
+                self.write(f"/sys/class/net/{target}/bridge/{key}", value)
+
+    def unplug(self, port: str):
+        """The guest stopped: its port, and a firewall bridge's devices, are gone."""
+        m = re.fullmatch(r"(?:tap|veth)([0-9]+)i([0-9]+)", port)
+        nic = f"{m.group(1)}i{m.group(2)}"
+        for dev in (f"fwln{nic}", f"fwbr{nic}", port):  # fwpr goes with its peer fwln
+            if self.read(f"/sys/class/net/{dev}/mtu"):
+                self.run("link", "del", dev)
+
+
+def firewall_rules(nics: dict, vm_firewall: dict) -> str:
+    """pve-firewall's filter table (iptables-restore -n input) for guest NICs behind
+    firewall bridges. ``nics``: {port: mac}; ``vm_firewall``: {port: [IN rules]} for
+    the NICs whose guest has its firewall enabled (policy_in DROP, policy_out ACCEPT);
+    the others have no chains of their own (pve-firewall returns early for a guest with
+    'enable: 0', Firewall.pm generate_tap_rules_direction). Real output of pve-firewall's
+    compile(), PVE 8 (PVE 9 adds a CONNMARK rule to each guest chain)."""
+    chains = ["PVEFW-FORWARD", "PVEFW-FWBR-IN", "PVEFW-FWBR-OUT", "PVEFW-SET-ACCEPT-MARK",
+              "PVEFW-smurfs", "PVEFW-smurflog", "PVEFW-Drop", "PVEFW-DropBroadcast"]
+    chains += [f"{port}-{d}" for port in vm_firewall for d in ("IN", "OUT")]
+    rules = [
+        "-A PVEFW-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A PVEFW-FORWARD -m physdev --physdev-in fwln+ --physdev-is-bridged -j PVEFW-FWBR-IN",
+        "-A PVEFW-FORWARD -m physdev --physdev-out fwln+ --physdev-is-bridged "
+        "-j PVEFW-FWBR-OUT",
+        "-A PVEFW-FWBR-IN -m conntrack --ctstate INVALID,NEW -j PVEFW-smurfs",
+        "-A PVEFW-SET-ACCEPT-MARK -j MARK --set-xmark 0x80000000/0x80000000",
+        "-A PVEFW-smurflog -j DROP",
+        "-A PVEFW-smurfs -s 0.0.0.0/32 -j RETURN",
+        "-A PVEFW-smurfs -m addrtype --src-type BROADCAST -g PVEFW-smurflog",
+        "-A PVEFW-smurfs -s 224.0.0.0/4 -g PVEFW-smurflog",
+        "-A PVEFW-Drop -j PVEFW-DropBroadcast",
+        "-A PVEFW-Drop -p icmp -m icmp --icmp-type 3/4 -j ACCEPT",
+        "-A PVEFW-Drop -p icmp -m icmp --icmp-type 11 -j ACCEPT",
+        "-A PVEFW-Drop -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-Drop -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+        "-A PVEFW-DropBroadcast -m addrtype --dst-type BROADCAST -j DROP",
+        "-A PVEFW-DropBroadcast -m addrtype --dst-type MULTICAST -j DROP",
+        "-A PVEFW-DropBroadcast -d 224.0.0.0/4 -j DROP",
+    ]
+    for port, accept in vm_firewall.items():
+        rules += [
+            f"-A PVEFW-FWBR-IN -m physdev --physdev-out {port} --physdev-is-bridged "
+            f"-j {port}-IN",
+            f"-A PVEFW-FWBR-OUT -m physdev --physdev-in {port} --physdev-is-bridged "
+            f"-j {port}-OUT",
+            f"-A {port}-IN -p udp -m udp --sport 67 --dport 68 -j ACCEPT",
+            *[f"-A {port}-IN {rule}" for rule in accept],
+            f"-A {port}-IN -j PVEFW-Drop",
+            f"-A {port}-IN -j DROP",
+            f"-A {port}-OUT -p udp -m udp --sport 68 --dport 67 -g PVEFW-SET-ACCEPT-MARK",
+            f"-A {port}-OUT -m mac ! --mac-source {nics[port]} -j DROP",
+            f"-A {port}-OUT -j MARK --set-xmark 0x0/0x80000000",
+            f"-A {port}-OUT -g PVEFW-SET-ACCEPT-MARK",
+        ]
+    return "\n".join(["*filter", *[f":{c} - [0:0]" for c in chains], *rules, "COMMIT", ""])
+
+
+def forward_jump(save_output: str) -> str:
+    """pve-firewall appends its FORWARD jump only when it is missing (Firewall.pm
+    get_ruleset_cmdlist), wherever that puts it."""
+    if re.search(r"^-A FORWARD -j PVEFW-FORWARD$", save_output, re.M):
+        return ""
+    return "*filter\n-A FORWARD -j PVEFW-FORWARD\nCOMMIT\n"
