@@ -11,7 +11,7 @@ from typing import NamedTuple
 from .config import HostConfig
 from .errors import PvenatError
 from .ports import format_range
-from .spec import Forward, GuestSpec, nic_address, parse
+from .spec import Forward, GuestSpec, nic_address, nics, parse
 
 
 # The host settings a plan depends on: a cached plan is valid while these are unchanged.
@@ -44,6 +44,14 @@ def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> Gu
     vmid = spec.vmid
     address = spec.ip or nic_address(kind, config, host.lan_bridge)
     if address is None:
+        tagged = next((n for n in nics(kind, config) if n.tagged_on == host.lan_bridge), None)
+        if tagged:
+            tag = tagged.bridge[len(tagged.tagged_on) + 1:]
+            raise PvenatError("spec", f"guest {vmid}: net{tagged.index} has tag={tag} on "
+                              f"{host.lan_bridge}, which puts it in VLAN {tag}, not on "
+                              f"{host.lan_bridge}'s own network where the gateway "
+                              f"{host.lan_address.ip} is; remove the tag, or make "
+                              f"{tagged.bridge} the lan_bridge")
         raise PvenatError("spec", f"guest {vmid}: no address to forward to: its NIC on "
                           f"{host.lan_bridge} has no static IPv4; add 'ip: ADDRESS' to its "
                           "pvenat block or set a static address on the NIC")

@@ -243,20 +243,44 @@ def _parse_tags(vmid, tags):
     return out
 
 
-def nic_address(kind: str, config: dict, bridge: str) -> str | None:
-    """The static IPv4 of the guest's NIC on ``bridge``: LXC ip=, QEMU cloud-init ipconfigN."""
-    for key in sorted(config):
+class Nic(NamedTuple):
+    """A guest NIC (netN) as its config describes it."""
+
+    index: int
+    bridge: str  # the bridge its port ends up on
+    tagged_on: str  # the bridge named with a tag= that moved it elsewhere ("" if none)
+    mac: str  # "" when the config names none
+    ip: str  # its static IPv4 (LXC ip=, QEMU cloud-init ipconfigN), "" if none
+
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+
+
+def nics(kind: str, config: dict) -> list[Nic]:
+    """The guest's NICs in index order. A tag= on a bridge that is not VLAN-aware puts the
+    port on vmbrXv<tag> (pve-common PVE/Network.pm activate_bridge_vlan); on a VLAN-aware
+    one the port stays but carries only that VLAN: either way it is not on vmbrX's own
+    network."""
+    out = []
+    for key in sorted(config, key=lambda k: (len(k), k)):
         m = _NET_KEY.fullmatch(key)
         if not m:
             continue
         opts = _options(config[key])
-        if opts.get("bridge") != bridge:
-            continue
+        bridge, tag = opts.get("bridge", ""), opts.get("tag", "")
+        mac = opts.get("hwaddr", "") if kind == "lxc" else next(
+            (v for k, v in opts.items() if _MAC.fullmatch(v)), "")
         ip = opts.get("ip") if kind == "lxc" else _options(
             config.get(f"ipconfig{m.group(1)}", "")).get("ip")
-        if ip and ip not in ("dhcp", "manual"):
-            return ip.split("/")[0]
-    return None
+        ip = ip.split("/")[0] if ip and ip not in ("dhcp", "manual") else ""
+        out.append(Nic(int(m.group(1)), f"{bridge}v{tag}" if tag else bridge,
+                       bridge if tag else "", mac.upper(), ip))
+    return out
+
+
+def nic_address(kind: str, config: dict, bridge: str) -> str | None:
+    """The static IPv4 of the guest's NIC on ``bridge``: LXC ip=, QEMU cloud-init ipconfigN."""
+    return next((n.ip for n in nics(kind, config) if n.bridge == bridge and n.ip), None)
 
 
 def _options(value) -> dict:

@@ -100,7 +100,7 @@ def sh(*argv, check=True, input=None):
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
                  lan="172.22.161.254/24", lan_bridge=True, prefix=None, firewall=None,
-                 python=sys.executable):
+                 vlan=None, python=sys.executable):
         """``guests``: {vmid: {kind, config, node?, address?, serve?, vm_firewall?}}.
 
         A guest with an address gets a namespace answering on ``serve`` ("tcp:22", ...),
@@ -108,6 +108,9 @@ class Lab:
         fake API. ``firewall="iptables"``: the host runs pve-firewall, so NICs with
         firewall=1 sit behind firewall bridges and its FORWARD rules are loaded; a guest's
         ``vm_firewall`` (a list of IN rules) enables its own chains, policy DROP.
+        ``vlan=5``: vmbr1 bridges a physical port eno2, and the guests' network is VLAN 5
+        on it, the bridge vmbr1v5 over eno2.5 (the lan_bridge), where PVE puts NICs with
+        bridge=vmbr1,tag=5.
         """
         self.prefix = prefix or f"pvn{os.getpid() % 100000}"
         self.host = f"{self.prefix}-host"
@@ -118,6 +121,8 @@ class Lab:
         self.config_source = config_source
         self.lan = lan
         self.lan_bridge = lan_bridge  # False: pvenat install creates vmbr1
+        self.vlan = vlan
+        self.lan_name = f"vmbr1v{vlan}" if vlan else "vmbr1"
         self.gateway, self.prefixlen = lan.split("/")
         self.node = pvenode.Node(self.host, firewall)
         self.namespaces = []
@@ -148,6 +153,11 @@ class Lab:
         lan = [["link", "add", "vmbr1", "type", "bridge"],
                ["addr", "add", self.lan, "dev", "vmbr1"],
                ["link", "set", "vmbr1", "up"]] if self.lan_bridge else []
+        if self.vlan:  # the bridge vmbr1v5 comes with the first guest's NIC; its address
+            lan = [["link", "add", "vmbr1", "type", "bridge"],  # from the admin's config
+                   ["link", "add", "eno2", "type", "veth", "peer", "name", "eno2-wire"],
+                   ["link", "set", "eno2", "master", "vmbr1", "up"],
+                   ["link", "set", "eno2-wire", "up"], ["link", "set", "vmbr1", "up"]]
         for cmd in (["link", "add", "vmbr0", "type", "bridge"],
                     ["link", "add", "eno1", "type", "veth", "peer", "name", "eth0",
                      "netns", self.inet],
@@ -165,6 +175,8 @@ class Lab:
         for vmid, guest in self.guests.items():
             if guest.get("address") and self.lan_bridge:
                 self.add_guest(vmid)
+        if self.vlan:
+            sh("ip", "-n", h, "addr", "add", self.lan, "dev", self.lan_name)
         if self.node.firewall == "iptables":
             self.load_pve_firewall()
         self.serve(self.inet, "inet", ["tcp:10000", "udp:10000", "tcp:80"])
@@ -293,7 +305,7 @@ class Lab:
             f", config_source: {self.config_source}, config_dir: {self.etc_pve}, " \
             f"lock_dir: {self.dir}/lock, timeout: 3}}"
         with open(self.config, "w") as f:
-            f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: vmbr1\n"
+            f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: {self.lan_name}\n"
                     f"lan_address: {self.lan}\nlog_file: {self.log}\n"
                     f"pve: {pve}\n"
                     + extra)

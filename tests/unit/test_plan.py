@@ -64,3 +64,14 @@ def test_conflicts_name_the_other_guest():
     with pytest.raises(PvenatError, match="udp public port 10060 is already forwarded to "
                        "guest 106"):
         Held([Claim("udp", 10060, 10070, 106)]).check(p)
+
+
+def test_a_tagged_nic_on_the_lan_bridge_is_named():
+    config = {"net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1,tag=5",
+              "ipconfig0": "ip=172.22.161.170/24"}
+    with pytest.raises(PvenatError, match="guest 101: net0 has tag=5 on vmbr1, which puts it "
+                       "in VLAN 5, not on vmbr1's own network where the gateway "
+                       "172.22.161.254 is; remove the tag, or make vmbr1v5 the lan_bridge"):
+        plan("forwards: [10000]", config=config)
+    p = plan("forwards: [10000]", config=config, host=HOST._replace(lan_bridge="vmbr1v5"))
+    assert p.address == "172.22.161.170"

@@ -90,3 +90,20 @@ def test_nic_address_lxc_and_qemu_cloudinit():
     assert nic_address("qemu", qemu, "vmbr1") == "172.22.161.170"
     assert nic_address("qemu", dict(qemu, ipconfig0="ip=dhcp"), "vmbr1") is None
     assert nic_address("qemu", qemu, "vmbr2") is None
+
+
+def test_nics_as_pve_plugs_them():
+    """A tag on a bridge moves the NIC off that bridge's own network (onto vmbrXv<tag>,
+    when the bridge is not VLAN-aware)."""
+    from pvehook.spec import nics
+    qemu = {"net0": "virtio=bc:24:11:00:00:01,bridge=vmbr1,firewall=1",
+            "ipconfig0": "ip=172.22.161.170/24", "net1": "e1000=BC:24:11:00:00:02,bridge=vmbr1,"
+            "tag=5", "ipconfig1": "ip=dhcp", "net10": "virtio=BC:24:11:00:00:0A,bridge=vmbr0"}
+    assert [(n.index, n.bridge, n.tagged_on, n.mac, n.ip) for n in nics("qemu", qemu)] == [
+        (0, "vmbr1", "", "BC:24:11:00:00:01", "172.22.161.170"),
+        (1, "vmbr1v5", "vmbr1", "BC:24:11:00:00:02", ""),
+        (10, "vmbr0", "", "BC:24:11:00:00:0A", "")]
+    lxc = {"net0": "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:03,ip=172.22.161.171/24,"
+           "tag=7,type=veth"}
+    assert nic_address("lxc", lxc, "vmbr1") is None
+    assert nic_address("lxc", lxc, "vmbr1v7") == "172.22.161.171"

@@ -1,0 +1,115 @@
+"""What a real PVE node does beyond a plain bridge: pve-firewall keeps deciding what
+reaches a guest, a container rebooted from inside gets new devices without any hook
+phase, and a NIC with a VLAN tag ends up on another bridge."""
+
+import os
+
+import pytest
+
+from lab import PEER_IP, PUBLIC_IP, lab_fixture
+
+GUESTS = {
+    101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:22", "tcp:80"],
+          "vm_firewall": ["-p tcp -m tcp --dport 22 -j ACCEPT"],
+          "config": {"description": "```pvenat\nforwards: [12222:22]\n```",
+                     "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1,firewall=1",
+                     "ipconfig0": "ip=172.22.161.170/24"}},
+    102: {"kind": "lxc", "address": "172.22.161.171", "serve": ["tcp:11000"],
+          "config": {"tags": "pvenat-11000", "net0": "name=eth0,bridge=vmbr1,"
+                     "hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,firewall=1,type=veth"}},
+}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    yield from lab_fixture(GUESTS, firewall="iptables", config_source="files")
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def flow(lab, ns, proto, host, port):
+    answers = [lab.probe(ns, proto, host, port) for _ in range(3)]
+    return answers[0] if len(set(answers)) == 1 else answers
+
+
+def start(lab, *vmids):
+    for vmid in vmids:
+        ok(lab.hook(vmid, "pre-start"))
+        ok(lab.hook(vmid, "post-start"))
+
+
+@pytest.mark.parametrize("order", ["pve-firewall's jump first", "pvenat's jump first"])
+def test_a_vm_level_drop_still_drops_forwarded_traffic(lab, order):
+    """pve-firewall appends its FORWARD jump only when it is missing, so pvenat's may come
+    first. Either way the guest's own firewall decides: pvenat's ACCEPT matches in the
+    host's routed pass, the guest's chains in the firewall bridge's, a zone of its own."""
+    start(lab, 101)
+    if order == "pvenat's jump first":
+        lab.iptables("-D", "FORWARD", "-j", "PVENAT-FORWARD")
+        lab.iptables("-I", "FORWARD", "1", "-j", "PVENAT-FORWARD")
+    jumps = [line for line in lab.iptables_save("-t", "filter").splitlines()
+             if line.startswith("-A FORWARD")]
+    assert jumps == (["-A FORWARD -j PVEFW-FORWARD", "-A FORWARD -j PVENAT-FORWARD"][::(
+        1 if order == "pve-firewall's jump first" else -1)])
+    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    lab.iptables("-I", "tap101i0-IN", "1", "-p", "tcp", "--dport", "22", "-j", "DROP")
+    try:
+        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == "timeout"
+        # the policy drops what no VM rule accepts: port 80 is served, but not let in
+        lab.iptables("-t", "nat", "-A", "PVENAT-101", "-p", "tcp", "-m", "multiport",
+                     "--dports", "12280", "-j", "DNAT", "--to-destination", "172.22.161.170:80")
+        lab.iptables("-t", "nat", "-I", "PVENAT-TCP", "-p", "tcp", "-m", "multiport",
+                     "--dports", "12280", "-j", "PVENAT-101")
+        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12280) == "timeout"
+    finally:
+        lab.iptables("-D", "tap101i0-IN", "-p", "tcp", "--dport", "22", "-j", "DROP")
+        ok(lab.pvenat("sync"))  # takes back the hand-made rules
+    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert "12280" not in lab.iptables_save("-t", "nat")
+
+
+def test_a_container_rebooted_from_inside_is_set_up_again_by_sync(lab):
+    """PVE restarts a container rebooted from inside without the post-stop and pre-start
+    phases, with a new veth and firewall bridge: their settings come back with sync."""
+    start(lab, 102)
+    assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    lab.replug(102)
+    assert lab.sh_host("cat", "/sys/class/net/vmbr1/brif/fwpr102p0/hairpin_mode") == "0"
+    assert lab.sh_host("cat", "/proc/sys/net/ipv4/conf/fwbr102i0/arp_ignore") == "0"
+    out = ok(lab.pvenat("sync"))
+    assert out.endswith("hairpin turned on for fwpr102p0")
+    assert lab.sh_host("cat", "/proc/sys/net/ipv4/conf/fwbr102i0/arp_ignore") == "1"
+    assert lab.sh_host("cat", "/sys/class/net/fwbr102i0/brif/fwln102i0/learning") == "0"
+    assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
+    assert flow(lab, lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+
+
+VLAN_GUESTS = {
+    101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:12222"],
+          "config": {"tags": "pvenat-12222", "ipconfig0": "ip=172.22.161.170/24",
+                     "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1,tag=5,firewall=1"}},
+    102: {"kind": "lxc", "address": "172.22.161.171", "serve": ["tcp:11000"],
+          "config": {"tags": "pvenat-11000", "net0": "name=eth0,bridge=vmbr1,tag=5,"
+                     "hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,type=veth"}},
+}
+
+
+@pytest.mark.parametrize("br_netfilter", [True, False], ids=["br_netfilter on", "off"])
+def test_guests_with_a_vlan_tag_on_a_bridge_that_is_not_vlan_aware(br_netfilter):
+    """bridge=vmbr1,tag=5 puts the port on vmbr1v5 (pve-common activate_bridge_vlan); with
+    the guests' network there, lan_bridge: vmbr1v5."""
+    for lab in lab_fixture(VLAN_GUESTS, firewall="iptables", vlan=5, config_source="files",
+                           br_netfilter=br_netfilter, prefix=f"pvv{os.getpid() % 100000}"):
+        assert lab.sh_host("ls", "/sys/class/net/vmbr1v5/brif").split() == \
+            ["eno2.5", "fwpr101p0", "veth102i0"]
+        start(lab, 101, 102)
+        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+        assert flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+        assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+        assert flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+        assert flow(lab, lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+        assert flow(lab, lab.host, "tcp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"
