@@ -133,10 +133,11 @@ def cmd_check(args, ctx) -> int:
 
 
 def cmd_attach(args, ctx) -> int:
+    from . import hostnet
     node = ctx.host.pve.node_name()
     attach = args.command == "attach"
     for vmid in args.vmids:
-        guest = ctx.api.guest(node, vmid)
+        guest = ctx.configs.guest(node, vmid)
         have = guest.config.get("hookscript")
         if have not in (None, HOOKSCRIPT) and not args.force:
             raise PvenatError("conflict", f"guest {vmid} has another hookscript ({have}); "
@@ -148,7 +149,7 @@ def cmd_attach(args, ctx) -> int:
         else:
             print(f"pvenat: {vmid}: already {'attached' if attach else 'detached'}")
             continue
-        running = any(g.vmid == vmid and g.status == "running" for g in ctx.api.guests(node))
+        running = vmid in hostnet.guests_here(ctx.places.sysfs)
         print(f"pvenat: {vmid}: hookscript {'set to ' + HOOKSCRIPT if attach else 'cleared'}"
               + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
                  else ""))
@@ -164,7 +165,7 @@ def cmd_install(args, ctx) -> int:
     else:
         actions = install.uninstall_actions(env)
     install.run_actions(env, actions, args.dry_run, sys.stdout)
-    for note in env.notes:
+    for note in env.notes + env.warnings:
         print(f"pvenat: {note}")
     return 1 if env.notes else 0
 

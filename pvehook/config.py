@@ -27,14 +27,19 @@ class PveSettings(NamedTuple):
     user: str = "pvenat@pve"
     token_name: str = "hook"
     token_file: str = "/etc/pvenat/token"
-    verify_ssl: str = "true"  # true, false, or a CA bundle path
+    verify_ssl: str = "pve"  # pve (the cluster's own CA), true (the system's), false, a path
     timeout: int = 10
-    config_source: str = "api"  # api, or files: read the .conf files under config_dir
+    config_source: str = "files"  # files: the .conf files under config_dir; or api
     config_dir: str = "/etc/pve"
     lock_dir: str = "/run/lock"  # where PVE keeps guest config locks
 
     def node_name(self) -> str:
         return os.uname().nodename.split(".")[0] if self.node == "auto" else self.node
+
+    def ca_file(self) -> str:
+        """The CA that signs every node's pve-ssl.pem, not in the system's trust store
+        (pve-cluster src/PVE/Cluster/Setup.pm)."""
+        return os.path.join(self.config_dir, "pve-root-ca.pem")
 
 
 class HostConfig(NamedTuple):
@@ -179,8 +184,9 @@ def _one_of(*allowed, noun=""):
 
 def _verify(value, *_):
     text = _scalar(value)
-    if text not in ("true", "false") and not text.startswith("/"):
-        raise ValueError(f"{text!r}: use true, false or the path of a CA bundle")
+    if text not in ("pve", "true", "false") and not text.startswith("/"):
+        raise ValueError(f"{text!r}: use pve (the cluster's CA), true (the system's), false "
+                         "or the path of a CA bundle")
     return text
 
 

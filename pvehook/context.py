@@ -30,19 +30,25 @@ class Places(NamedTuple):
 class Context:
     def __init__(self, host, api, configs, kernel, places: Places = Places()):
         self.host = host
-        self.api = api  # the PVE API: guest lists, config changes
-        self.configs = configs  # guest configs and sync's guest list: API or /etc/pve files
+        self.api = api  # the PVE API as root: config changes (a hookscript, storage content)
+        self.configs = configs  # guest lists and configs: /etc/pve files, or the API
         self.kernel = kernel  # read() / apply() / has_chain(): netfilter.Iptables
         self.places = places
 
 
 def context(host, places: Places) -> Context:
-    """The live host's parts. Imported lazily: a hook pays only for what it uses."""
+    """The live host's parts. Imported lazily: a hook pays only for what it uses.
+
+    Changes go through pvesh, as root@pam: only root may set a guest's hookscript
+    (qemu-server PVE/API2/Qemu.pm, pve-container PVE/LXC.pm), which no API token is.
+    Reads go where pve.config_source says, through pve.backend for the API.
+    """
     from .netfilter import Iptables
     from .pve import PveApi
     from .pveconf import ConfigFiles
 
-    api = PveApi(host.pve)
+    root = PveApi(host.pve._replace(backend="local"))
+    reader = root if host.pve.backend == "local" else PveApi(host.pve)
     configs = ConfigFiles(host.pve.config_dir, places.sysfs) \
-        if host.pve.config_source == "files" else api
-    return Context(host, api, configs, Iptables(), places)
+        if host.pve.config_source == "files" else reader
+    return Context(host, root, configs, Iptables(), places)

@@ -1,6 +1,6 @@
 """pvenat list: every managed guest's forwards, and whether the kernel has them."""
 
-from . import ruleset
+from . import hostnet, ruleset
 from .errors import PvenatError
 from .plan import plan_for
 
@@ -18,14 +18,18 @@ def collect(ctx) -> list[dict]:
     node = ctx.host.pve.node_name()
     current = ctx.kernel.read()
     counters = ctx.kernel.counters()
+    here = hostnet.guests_here(ctx.places.sysfs)  # the API's status lags (pvestatd)
     out = []
-    for info in ctx.api.guests(node):
+    for info in ctx.configs.guests(node):
         chain = ruleset.guest_chain(info.vmid)
         live = current["nat"].chains.get(chain)
+        status = "running" if info.vmid in here else "stopped"
         entry = {"vmid": info.vmid, "name": info.name, "type": info.kind,
-                 "status": info.status, "address": None, "forwards": [], "error": None}
+                 "status": status, "address": None, "forwards": [], "error": None}
         try:
             guest = ctx.configs.guest(node, info.vmid, info.kind)
+            entry["name"] = guest.config.get("name") or guest.config.get("hostname") \
+                or info.name
             plan = plan_for(guest, ctx.host)
             if plan is None and live is None:
                 continue
@@ -39,7 +43,7 @@ def collect(ctx) -> list[dict]:
                 rules = ruleset.forward_rules(plan.address, f)
                 planned.update(rules)
                 state = "yes" if live and all(r in live for r in rules) else (
-                    "missing" if info.status == "running" else "-")
+                    "missing" if status == "running" else "-")
                 entry["forwards"].append({
                     "forward": f.ports(), "proto": f.proto, "allow": f.sources(), "live": state,
                     "packets": sum(counters.get((chain, r), 0) for r in rules)})

@@ -1,4 +1,5 @@
-"""PVE API access through proxmoxer: the local pvesh backend or an API token over HTTPS.
+"""PVE API access through proxmoxer: pvesh on this node (pvesh.py), or an API token over
+HTTPS.
 
 proxmoxer is imported only when a request is made, so phases that need no API (post-stop,
 post-start) never pay for it.
@@ -8,6 +9,7 @@ import signal
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from . import pvesh
 from .config import PveSettings
 from .errors import PvenatError
 
@@ -45,12 +47,14 @@ class PveApi:
             raise api_error(what, e) from None
 
     def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
-        """The guest's current config; without ``kind``, trying QEMU then LXC (the hook
-        is told neither)."""
+        """The guest's current config, without pending changes (current=1): what runs,
+        for a sync; at pre-start PVE has applied them already. Without ``kind``, trying
+        QEMU then LXC (the hook is told neither)."""
         for found in [kind] if kind else KINDS:
             path = f"nodes/{node}/{found}/{vmid}/config"
             try:
-                config = self._call(f"guest {vmid}: cannot read /{path}", "get", path)
+                config = self._call(f"guest {vmid}: cannot read /{path}", "get", path,
+                                    current=1)
             except PvenatError as e:
                 if "does not exist" in e.message:
                     continue
@@ -116,21 +120,20 @@ def api_error(what: str, e: Exception) -> PvenatError:
 
 
 def connect(settings: PveSettings):
+    """proxmoxer on pvesh (the default: root on this node), or on the HTTPS API with a
+    token."""
+    if settings.backend == "local":
+        return pvesh.client(settings.timeout)
     import proxmoxer
 
-    if settings.backend == "local":
-        if "local" not in proxmoxer.core.SERVICES["PVE"]["supported_backends"]:
-            raise PvenatError("pve", "this proxmoxer has no 'local' backend (it came with "
-                              "proxmoxer 1.3); set 'pve: {backend: https}' with an API "
-                              "token ('pvenat install --token' sets it up)")
-        return proxmoxer.ProxmoxAPI(backend="local", timeout=settings.timeout)
     try:
         with open(settings.token_file, encoding="utf-8") as f:
             token = f.read().strip()
     except OSError as e:
         raise PvenatError("pve", f"API token file {settings.token_file}: {e.strerror}; "
                           "create it with 'pvenat install --token'") from None
-    verify = {"true": True, "false": False}.get(settings.verify_ssl, settings.verify_ssl)
+    verify = {"true": True, "false": False, "pve": settings.ca_file()}.get(
+        settings.verify_ssl, settings.verify_ssl)
     api = proxmoxer.ProxmoxAPI(settings.host, port=settings.port, user=settings.user,
                                token_name=settings.token_name, token_value=token,
                                verify_ssl=verify, timeout=settings.timeout)

@@ -55,7 +55,7 @@ def _units():
 def _guests(ctx):
     node = ctx.host.pve.node_name()
     unhooked, no_address = [], []
-    for info in ctx.api.guests(node):
+    for info in ctx.configs.guests(node):
         try:
             guest = ctx.configs.guest(node, info.vmid, info.kind)
         except PvenatError:

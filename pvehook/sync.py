@@ -65,8 +65,9 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     cache_path = os.path.join(ctx.places.state_dir, "plans.json")
     cached, fresh = plancache.load(cache_path), {}
     seen = hostnet.guests_here(ctx.places.sysfs)
-    out = Planned({i.vmid: i.kind for i in ctx.configs.guests(node) if i.status == "running"},
-                  seen)
+    # Running here means PVE's devices for it are here: the API's status comes from
+    # pvestatd, seconds late, and would bring back a guest whose post-stop just ran.
+    out = Planned({i.vmid: i.kind for i in ctx.configs.guests(node) if i.vmid in seen}, seen)
     for vmid, kind in sorted(out.running.items()):
         try:
             guest = ctx.configs.guest(node, vmid, kind)

@@ -11,16 +11,16 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 for folder in ("", "fakepve", "lab"):
     sys.path.insert(0, os.path.join(TESTS, folder))
 
+import certs  # noqa: E402
 from shared import FAKEPVE, TOKEN  # noqa: E402
 
 
 @pytest.fixture
 def fake_api(tmp_path):
-    """The fake HTTPS API on a free loopback port: (port, CA file, fixture path)."""
-    cert, key = tmp_path / "api.pem", tmp_path / "api.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    """The fake HTTPS API on a free loopback port, its certificate signed by the CA of a
+    PVE cluster whose /etc/pve is tmp_path/pve: (port, config_dir, fixture path)."""
+    config_dir = str(tmp_path / "pve")
+    cert, key = certs.make(config_dir, "pve1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -31,7 +31,7 @@ def fake_api(tmp_path):
                             env=dict(os.environ, PVENAT_FAKE_PVE=str(fixture)))
     try:
         assert proc.stdout.readline().strip() == "ready"
-        yield port, str(cert), fixture
+        yield port, config_dir, fixture
     finally:
         proc.kill()
         proc.wait()

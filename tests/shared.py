@@ -1,15 +1,10 @@
-"""What the unit tests and the lab share: the guests of the flow matrix, the fake API's
-token, and whether the installed proxmoxer has a local backend."""
+"""What the unit tests and the lab share: the guests of the flow matrix and the fake API's
+token."""
 
 import os
 
 FAKEPVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepve")
 TOKEN = "pvenat@pve!hook=5e1c3a0e-7d2b-4c8e-9f00-1a2b3c4d5e6f"
-
-
-def proxmoxer_has_local() -> bool:
-    import proxmoxer
-    return "local" in proxmoxer.core.SERVICES["PVE"]["supported_backends"]
 
 
 NOTES_101 = """Web server, managed by pvenat.

@@ -13,7 +13,6 @@ from .record import Record
 from .system import System
 
 log = logs.get_logger("pvenat.install")
-# The token first: the storage step of hookscript talks to the API with it.
 STEPS = (token, bridge, forwarding, rules, hookscript, units)
 
 
@@ -22,15 +21,16 @@ class Env:
 
     def __init__(self, ctx, system: System, config_path: str, token: bool = False):
         self.host = ctx.host
-        self.api = ctx.api
+        self.api = ctx.api  # as root, through pvesh
+        self.configs = ctx.configs
         self.kernel = ctx.kernel
         self.places = ctx.places
         self.system = system
         self.config_path = config_path
         self.token = token  # --token: make an API token for the https backend
-        self.token_pending = False  # the token exists only once the token step ran
         self.record = Record.load(system)
-        self.notes = []  # what uninstall kept, and why
+        self.notes = []  # what uninstall kept, and why: the run did not finish the job
+        self.warnings = []  # what a run left undone that does not matter to the guests
 
 
 def install_actions(env: Env) -> list:
@@ -40,7 +40,6 @@ def install_actions(env: Env) -> list:
     actions = []
     for step in STEPS:
         actions += _listed(step.install(env))
-        env.token_pending = env.token_pending or (step is token and bool(actions))
     return actions
 
 

@@ -96,8 +96,8 @@ def uninstall(env):
 def bridge_users(env) -> list[str]:
     node = env.host.pve.node_name()
     users = []
-    for info in env.api.guests(node):
-        config = env.api.guest(node, info.vmid, info.kind).config
+    for info in env.configs.guests(node):
+        config = env.configs.guest(node, info.vmid, info.kind).config
         if any(f"bridge={env.host.lan_bridge}" in str(v).split(",")
                for k, v in config.items() if re.fullmatch(r"net[0-9]+", k)):
             users.append(str(info.vmid))

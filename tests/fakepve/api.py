@@ -1,9 +1,19 @@
-"""A fake PVE API over a JSON fixture: the real paths, the real JSON shapes.
+"""A fake PVE API over a JSON fixture: the real paths, JSON shapes, errors and permissions.
 
-Both fronts use it: the ``pvesh`` executable (proxmoxer's local backend) and server.py
-(the https backend with an API token). The fixture, named by $PVENAT_FAKE_PVE, is
-{"guests": [{"vmid", "type", "node", "status", "name", "config": {...}}],
- "fault": null | "timeout" | "garbage"}; PUT requests write it back.
+Both fronts use it: the ``pvesh`` executable (root@pam on the node) and server.py (the
+HTTPS API, with an API token). The fixture, named by $PVENAT_FAKE_PVE, is
+{"guests": [{"vmid", "type", "node", "status", "name", "config": {...},
+             "pending": {...}?}],
+ "storage": {...}, "fault": null | "timeout" | "garbage" | "warning", "etc_pve": DIR};
+changes are written back, and each guest's config to DIR/nodes/NODE/... as pmxcfs
+holds it (write_confs). What it models, from PVE's source:
+
+- GET .../config merges pending changes unless current=1 (qemu-server PVE/API2/Qemu.pm
+  vm_config, pve-container PVE/API2/LXC/Config.pm; AbstractConfig load_current_config);
+- only root@pam may set or delete a guest's hookscript: a token gets qemu-server's
+  "only root can set 'hookscript' config" (500) or pve-container's permission error
+  (403); GET and PUT /storage/{id} need Datastore.Allocate, which PVEAuditor lacks;
+- a missing guest: "Configuration file 'nodes/N/qemu-server/V.conf' does not exist".
 """
 
 import fcntl
@@ -12,6 +22,8 @@ import os
 import re
 import time
 from contextlib import contextmanager
+
+ROOT = "root@pam"
 
 
 class ApiError(Exception):
@@ -39,9 +51,11 @@ def conf_path(guest):
     return f"nodes/{guest['node']}/{folder}/{guest['vmid']}.conf"
 
 
-def render_conf(config: dict, snapshot: dict | None = None) -> str:
+def render_conf(config: dict, snapshot: dict | None = None, pending: dict | None = None,
+                kind: str = "qemu") -> str:
     """A .conf as PVE writes it: Notes as percent-encoded # lines, then keys, then
-    snapshot sections (which hold older configs and must not be read as current)."""
+    pending changes ([PENDING] for QEMU, [pve:pending] for LXC) and snapshot sections,
+    which hold configs that are not current."""
     def encode(text):
         plain = " -_.,/=+*!?()[]{}<>'\"`~^|;@&$"
         return "".join(c if c.isascii() and (c.isalnum() or c in plain) else
@@ -50,9 +64,31 @@ def render_conf(config: dict, snapshot: dict | None = None) -> str:
     lines = [f"#{encode(line)}" for line in config.get("description", "").split("\n")] \
         if config.get("description") else []
     lines += [f"{k}: {v}" for k, v in sorted(config.items()) if k != "description"]
+    if pending:
+        lines += ["", "[PENDING]" if kind == "qemu" else "[pve:pending]"]
+        lines += [f"{k}: {v}" for k, v in sorted(pending.items())]
     if snapshot:
         lines += ["", "[before-upgrade]"] + [f"{k}: {v}" for k, v in snapshot.items()]
     return "\n".join(lines) + "\n"
+
+
+def write_confs(data):
+    """Every guest's .conf under data["etc_pve"], as pmxcfs shows them; configs of guests
+    no longer in the fixture go. The snapshot section is there to be skipped."""
+    root = data.get("etc_pve")
+    if not root:
+        return
+    for folder, _, names in os.walk(os.path.join(root, "nodes")):
+        for name in names:
+            if name.endswith(".conf") and folder.endswith(("/qemu-server", "/lxc")):
+                os.remove(os.path.join(folder, name))
+    for g in data["guests"]:
+        path = os.path.join(root, conf_path(g))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(render_conf(g["config"], {"description": "old%0Anotes",
+                                              "tags": "pvenat-10001"},
+                                g.get("pending"), g["type"]))
 
 
 def _find(data, node, kind, vmid):
@@ -64,8 +100,10 @@ def _find(data, node, kind, vmid):
 
 
 def _summary(g):
-    out = {"vmid": g["vmid"], "name": g.get("name", f"guest{g['vmid']}"),
-           "status": g.get("status", "stopped")}
+    """An entry of /cluster/resources: the name is the config's (QEMU name, LXC hostname)."""
+    name = g["config"].get("name" if g["type"] == "qemu" else "hostname")
+    out = {"vmid": g["vmid"], "status": g.get("status", "stopped"), **(
+        {"name": name} if name else {})}
     if g["config"].get("tags"):
         out["tags"] = g["config"]["tags"]
     if g["type"] == "lxc":
@@ -73,9 +111,22 @@ def _summary(g):
     return out
 
 
-def handle(path, method="GET", params=None):
+def _config(g, current: bool) -> dict:
+    config = dict(g["config"])
+    if not current:
+        pending = dict(g.get("pending", {}))
+        for key in filter(None, pending.pop("delete", "").split(",")):
+            config.pop(key.lstrip("!"), None)
+        config.update(pending)
+    config["digest"] = "0" * 40
+    if "description" in config:  # PVE drops trailing white space when it parses
+        config["description"] = config["description"].rstrip()
+    return config
+
+
+def handle(path, method="GET", params=None, user=ROOT):
     """(data) for one request, or ApiError. ``params`` are the request's options."""
-    params = params or {}
+    params = dict(params or {})
     fixture_path = os.environ["PVENAT_FAKE_PVE"]
     with fixture(fixture_path) as data:
         fault = data.get("fault")
@@ -91,15 +142,17 @@ def handle(path, method="GET", params=None):
             return [dict(_summary(g), id=f"{g['type']}/{g['vmid']}", type=g["type"],
                          node=g["node"]) for g in data["guests"]]
     m = re.fullmatch(r"/storage/([\w.-]+)", path)
-    if m and method == "GET":
-        with fixture(fixture_path) as data:
+    if m:
+        if user != ROOT:  # pve-storage PVE/API2/Storage/Config.pm
+            raise ApiError(403, f"Permission check failed (/storage/{m.group(1)}, "
+                           "Datastore.Allocate)")
+        with fixture(fixture_path, write=method == "PUT") as data:
             if m.group(1) not in data.get("storage", {}):
                 raise ApiError(500, f"storage '{m.group(1)}' does not exist")
+            if method == "PUT":
+                data["storage"][m.group(1)].update(params)
+                return None
             return dict(data["storage"][m.group(1)], storage=m.group(1))
-    if m and method == "PUT":
-        with fixture(fixture_path, write=True) as data:
-            data["storage"][m.group(1)].update(params)
-        return None
     m = re.fullmatch(r"/nodes/([\w.-]+)/(qemu|lxc)(?:/([0-9]+)(/config|/status/current)?)?",
                      path)
     if not m:
@@ -115,16 +168,20 @@ def handle(path, method="GET", params=None):
             return _summary(_find(data, node, kind, vmid))
     if rest == "/config" and method == "GET":
         with fixture(fixture_path) as data:
-            config = dict(_find(data, node, kind, vmid)["config"], digest="0" * 40)
-            if "description" in config:  # PVE drops trailing white space when it parses
-                config["description"] = config["description"].rstrip()
-            return config
+            return _config(_find(data, node, kind, vmid), params.get("current") == "1")
     if rest == "/config" and method == "PUT":
+        deleted = [k for k in str(params.pop("delete", "")).split(",") if k]
+        if user != ROOT and ("hookscript" in params or "hookscript" in deleted):
+            if kind == "qemu":  # qemu-server PVE/API2/Qemu.pm check_vm_modify_config_perm
+                raise ApiError(500, "only root can set 'hookscript' config")
+            raise ApiError(403, "Permission check failed (changing the hookscript is only "
+                           "allowed for root@pam)")  # pve-container PVE/LXC.pm
         with fixture(fixture_path, write=True) as data:
             config = _find(data, node, kind, vmid)["config"]
-            for key in filter(None, str(params.pop("delete", "")).split(",")):
+            for key in deleted:
                 config.pop(key, None)
             params.pop("digest", None)
             config.update(params)
+            write_confs(data)
         return None
     raise ApiError(501, f"Method '{method} {path}' not implemented")

@@ -22,8 +22,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         with api.fixture(os.environ["PVENAT_FAKE_PVE"]) as data:
             known = [f"{i}={v}" for i, v in data.get("tokens", {}).items()] + [self.token]
-        if self.headers.get("Authorization") not in [f"PVEAPIToken={t}" for t in known]:
+        auth = self.headers.get("Authorization", "")
+        if auth not in [f"PVEAPIToken={t}" for t in known]:
             return self._send(401, "authentication failure", {"data": None})
+        user = auth[len("PVEAPIToken="):].split("=", 1)[0]  # user@realm!name, never root@pam
         params = dict(parse_qsl(url.query))
         length = int(self.headers.get("Content-Length") or 0)
         if length:
@@ -31,7 +33,7 @@ class Handler(BaseHTTPRequestHandler):
         if not url.path.startswith("/api2/json/"):
             return self._send(404, "Not Found", {"data": None})
         try:
-            data = api.handle(url.path[len("/api2/json"):], method, params)
+            data = api.handle(url.path[len("/api2/json"):], method, params, user)
         except api.ApiError as e:
             return self._send(e.status, e.message, {"data": None})
         if isinstance(data, str):

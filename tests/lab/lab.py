@@ -19,6 +19,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "fakepve")]
 import api  # noqa: E402
+import certs  # noqa: E402
 import pvenode  # noqa: E402
 from shared import FAKEPVE, TOKEN  # noqa: E402
 
@@ -98,7 +99,7 @@ def sh(*argv, check=True, input=None):
 
 
 class Lab:
-    def __init__(self, guests, br_netfilter=True, backend="https", config_source="api",
+    def __init__(self, guests, br_netfilter=True, backend="local", config_source="files",
                  lan="172.22.161.254/24", lan_bridge=True, prefix=None, firewall=None,
                  vlan=None, python=sys.executable):
         """``guests``: {vmid: {kind, config, node?, address?, serve?, vm_firewall?}}.
@@ -260,11 +261,9 @@ class Lab:
         return proc
 
     def _start_api(self):
-        cert, key = os.path.join(self.dir, "api.pem"), os.path.join(self.dir, "api.key")
-        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-           "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-           "-keyout", key, "-out", cert)
-        self.cert = cert
+        """pveproxy's stand-in on 127.0.0.1:8006, with a certificate signed by the lab
+        cluster's own CA, as a node's is."""
+        cert, key = certs.make(self.etc_pve, "pve1")
         self.spawn(self.host, ["env", f"PVENAT_FAKE_PVE={self.fixture}", self.python,
                                os.path.join(FAKEPVE, "server.py"), cert, key, "8006", TOKEN])
 
@@ -274,18 +273,17 @@ class Lab:
         if os.path.exists(self.fixture):  # keep what PUTs and pveum changed
             with open(self.fixture) as f:
                 kept = {k: v for k, v in json.load(f).items() if k not in ("guests", "fault")}
+        for vmid, g in self.guests.items():  # every guest has a name, as the GUI asks
+            g["config"].setdefault("name" if g["kind"] == "qemu" else "hostname",
+                                   f"guest{vmid}")
         guests = [{"vmid": vmid, "type": g["kind"], "node": g.get("node", "pve1"),
-                   "status": g.get("status", "running"), "name": f"guest{vmid}",
-                   "config": g["config"]} for vmid, g in self.guests.items()]
+                   "status": g.get("status", "running"), "config": g["config"],
+                   **({"pending": g["pending"]} if "pending" in g else {})}
+                  for vmid, g in self.guests.items()]
+        data = dict(kept, guests=guests, fault=fault, etc_pve=self.etc_pve)
         with open(self.fixture, "w") as f:
-            json.dump(dict(kept, guests=guests, fault=fault), f)
-        shutil.rmtree(self.etc_pve, ignore_errors=True)
-        for g in guests:
-            path = os.path.join(self.etc_pve, api.conf_path(g))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(api.render_conf(g["config"], snapshot={
-                    "description": "old%0Anotes", "tags": "pvenat-10001"}))
+            json.dump(data, f)
+        api.write_confs(data)
 
     def fixture_config(self, vmid):
         """The guest's config as the fake API holds it now (after PUTs)."""
@@ -299,11 +297,13 @@ class Lab:
     def write_config(self, extra=""):
         with open(os.path.join(self.dir, "token"), "w") as f:
             f.write(TOKEN.split("=", 1)[1])
-        pve = ("{backend: local, node: pve1" if self.backend == "local" else
+        # Only what differs from pvenat's defaults (backend local, config_source files)
+        # and the lab's own places.
+        pve = ("{node: pve1" if self.backend == "local" else
                f"{{backend: https, node: pve1, host: 127.0.0.1, port: 8006, "
-               f"token_file: {self.dir}/token, verify_ssl: {self.dir}/api.pem") + \
-            f", config_source: {self.config_source}, config_dir: {self.etc_pve}, " \
-            f"lock_dir: {self.dir}/lock, timeout: 3}}"
+               f"token_file: {self.dir}/token") + (
+            ", config_source: api" if self.config_source == "api" else "") + \
+            f", config_dir: {self.etc_pve}, lock_dir: {self.dir}/lock, timeout: 3}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: {self.lan_name}\n"
                     f"lan_address: {self.lan}\nlog_file: {self.log}\n"

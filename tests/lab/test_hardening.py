@@ -177,8 +177,8 @@ def test_api_timeout_refuses_start_but_stop_still_cleans(lab):
         start = time.monotonic()
         result = lab.hook(201, "pre-start")
         assert result.returncode == 1
-        assert "guest 201: cannot read /nodes/pve1/qemu/201/config: ApiTimeout: no answer " \
-            "within 3 s (pve.timeout)" in result.stderr
+        assert "guest 201: cannot read /nodes/pve1/qemu/201/config: " in result.stderr
+        assert "no answer within 3 s (pve.timeout)" in result.stderr
         assert time.monotonic() - start < 10
         result = lab.hook(200, "post-stop")
         assert result.returncode == 0 and "forwards removed" in result.stdout

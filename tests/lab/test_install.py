@@ -28,10 +28,20 @@ def guests():
 
 @pytest.fixture
 def lab(tmp_path):
+    yield from install_lab(tmp_path)
+
+
+@pytest.fixture
+def https_lab(tmp_path):
+    """Hooks read configs through the HTTPS API with a token."""
+    yield from install_lab(tmp_path, backend="https", config_source="api")
+
+
+def install_lab(tmp_path, **options):
     if os.geteuid() != 0:
         pytest.fail("the namespace lab needs root (network namespaces, iptables)")
     os.makedirs("/run/network", exist_ok=True)  # ifupdown2's lock and state live there
-    lab = Lab(guests(), lan_bridge=False)
+    lab = Lab(guests(), lan_bridge=False, **options)
     lab.root = pve_root(str(tmp_path / "root"))
     lab.sysctl(lab.host, "net.ipv4.ip_forward", 0)
     # someone else's rules, which must come through byte for byte
@@ -164,7 +174,8 @@ def test_refuses_on_a_host_that_is_not_pve(lab):
     assert "this is not a Proxmox VE host (no pveversion)" in result.stderr
 
 
-def test_token_for_the_https_backend(lab):
+def test_token_for_the_https_backend(https_lab):
+    lab = https_lab
     token_file = os.path.join(lab.dir, "token")
     os.remove(token_file)
     assert lab.hook(101, "pre-start").returncode == 1  # no token, no API

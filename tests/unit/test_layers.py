@@ -10,7 +10,7 @@ import pvehook
 LAYERS = [
     ("base", {"__init__", "errors", "files", "logs", "ports", "yamlstrict"}),
     ("model", {"config", "spec", "plan", "ruleset"}),
-    ("adapters", {"netfilter", "index", "plancache", "pve", "pveconf", "hostnet"}),
+    ("adapters", {"netfilter", "index", "plancache", "pve", "pvesh", "pveconf", "hostnet"}),
     ("commands", {"context", "hook", "sync", "listing", "status", "cli", "__main__",
                   "install"}),
 ]
