@@ -324,10 +324,11 @@ class Lab:
         return ["ip", "netns", "exec", self.host, "env", "-i",
                 *[f"{k}={v}" for k, v in env.items()], *script, str(vmid), phase]
 
-    def pvenat_argv(self, *args):
+    def pvenat_argv(self, *args, env=None):
         command = ["/usr/sbin/pvenat"] if INSTALLED else [self.python, "-m", "pvehook"]
         return ["ip", "netns", "exec", self.host, "env", "-i",
-                *[f"{k}={v}" for k, v in self.env().items()], *command, *args]
+                *[f"{k}={v}" for k, v in dict(self.env(), **(env or {})).items()],
+                *command, *args]
 
     def hook(self, vmid, phase, extra_env=None):
         return subprocess.run(self.hook_argv(vmid, phase, extra_env), capture_output=True,

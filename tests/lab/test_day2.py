@@ -175,6 +175,23 @@ def test_sync_keeps_a_guest_whose_notes_broke(lab):
         lab.set_config(102, tags="pvenat-11000")
 
 
+def test_sync_and_list_start_no_pvesh(lab):
+    """Each pvesh loads all of PVE's API (hundreds of ms on a node): sync and list read
+    the node's own files, and attach starts one for each change it makes."""
+    settle(lab)
+    calls = os.path.join(lab.dir, "pvesh-calls")
+    env = {"PVENAT_FAKE_PVE_CALLS": calls}
+    for args in (("sync",), ("list",), ("list", "--json"), ("check", "101")):
+        assert subprocess.run(lab.pvenat_argv(*args, env=env), capture_output=True).returncode \
+            in (0, 1)
+    assert not os.path.exists(calls)
+    assert subprocess.run(lab.pvenat_argv("attach", "103", env=env)).returncode == 0
+    assert open(calls).read().splitlines() == [
+        "pvesh set /nodes/pve1/qemu/103/config -hookscript local:snippets/pvenat.py "
+        "--output-format json"]
+    run(lab, "detach", "103")
+
+
 def test_list(lab):
     settle(lab)
     lab.iptables("-t", "nat", "-Z")

@@ -60,6 +60,12 @@ def run(lab, *args, rc=0):
     return result.stdout
 
 
+def off_the_bridge(lab):
+    """Guest 101's NIC moved to vmbr0: uninstall may take vmbr1 away."""
+    lab.guests[101]["config"]["net0"] = "virtio=BC:24:11:00:00:01,bridge=vmbr0"
+    lab.write_fixture()
+
+
 def saved(lab):
     """iptables-save, less tables that hold nothing but empty built-in chains: a table
     pvenat's rules loaded into the kernel stays loaded after uninstall."""
@@ -128,8 +134,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     out = run(lab, "uninstall", rc=1)
     assert "pvenat: kept vmbr1: guests 101 have a NIC on it" in out
     assert link(lab, "vmbr1") is not None
-    lab.guests[101]["config"]["net0"] = "virtio=BC:24:11:00:00:01,bridge=vmbr0"
-    lab.write_fixture()
+    off_the_bridge(lab)
     run(lab, "uninstall")
     assert link(lab, "vmbr1") is None
     assert saved(lab) == rules_before
@@ -162,7 +167,43 @@ def test_failed_bridge_is_rolled_back(lab):
     assert "bringing up vmbr1 failed, so" in result.stderr and "was restored" in result.stderr
     assert open(path).read() == INTERFACES
     assert not os.path.exists(os.path.join(lab.root, "etc/pvenat/installed.json"))
-    assert link(lab, "vmbr1")["linkinfo"]["info_kind"] == "veth"  # theirs, left alone
+    theirs = link(lab, "vmbr1")  # left as it was: not a bridge, down, no address
+    assert theirs["linkinfo"]["info_kind"] == "veth"
+    assert "UP" not in theirs["flags"] and theirs["addr_info"] == []
+
+
+def test_pending_gui_edits_keep_the_bridge(lab):
+    """The GUI keeps network edits in interfaces.new until "Apply Configuration" renames
+    it over interfaces (pve-manager PVE/API2/Network.pm): the stanza goes into both, so
+    applying them keeps vmbr1; uninstall takes it out of both."""
+    path = os.path.join(lab.root, "etc/network/interfaces")
+    pending = INTERFACES.replace("#uplink to the provider", "#uplink, edited in the GUI")
+    with open(path + ".new", "w") as f:
+        f.write(pending)
+    out = run(lab, "install")
+    assert f"add bridge vmbr1 (172.22.161.254/24) to {path} and to the GUI's pending " \
+        "edits" in out
+    assert open(path).read() == INTERFACES + STANZA
+    assert open(path + ".new").read() == pending + STANZA
+    os.replace(path + ".new", path)  # Apply Configuration
+    sh("ip", "netns", "exec", lab.host, "ifquery", "-c", "-i", path, "vmbr1")
+    assert run(lab, "install") == "pvenat: nothing to change\n"
+    off_the_bridge(lab)
+    run(lab, "uninstall")
+    assert open(path).read() == pending and link(lab, "vmbr1") is None
+
+
+@pytest.mark.parametrize("ending", ["", "\n\n"], ids=["no newline at the end", "blank line"])
+def test_uninstall_restores_any_file_ending_byte_for_byte(lab, ending):
+    path = os.path.join(lab.root, "etc/network/interfaces")
+    text = INTERFACES.rstrip("\n") + ending
+    with open(path, "w") as f:
+        f.write(text)
+    run(lab, "install")
+    assert open(path).read().endswith(STANZA)
+    off_the_bridge(lab)
+    run(lab, "uninstall")
+    assert open(path).read() == text
 
 
 def test_refuses_on_a_host_that_is_not_pve(lab):

@@ -93,6 +93,16 @@ def test_reads_qemu_and_lxc_configs(api):
         client.guest("pve1", 999)
 
 
+def test_reads_the_current_config_not_pending_changes(api):
+    """A sync forwards what runs: GET .../config merges pending changes unless current=1."""
+    client, fixture = api
+    data = json.loads(fixture.read_text())
+    data["guests"][0]["pending"] = {"tags": "pvenat-10001", "delete": "description"}
+    fixture.write_text(json.dumps(data))
+    config = client.guest("pve1", 101).config
+    assert config["tags"] == "web" and config["description"].startswith("```pvenat")
+
+
 def test_garbage_answer_is_a_clear_error(api):
     client, fixture = api
     write(fixture, fault="garbage")
