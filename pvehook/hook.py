@@ -30,15 +30,20 @@ def main(vmid: int, phase: str, config_path=None) -> int:
         host = config.load(config.config_path(config_path), places.state_dir)
         logs.configure(host.log_file)
         line = run(context(host, places), vmid, phase)
-    except PvenatError as e:
-        if phase == "post-stop":  # a failing post-stop would only be a warning anyway
-            print(f"pvenat: {vmid}: WARNING: {e.message}", flush=True)
+    except (PvenatError, OSError) as e:
+        message = e.message if isinstance(e, PvenatError) else os_error(e)
+        if phase == "post-stop":  # never fail the stop: PVE would only warn anyway
+            print(f"pvenat: {vmid}: WARNING: {message}", flush=True)
             return 0
-        print(f"pvenat: error: {e.message}", file=sys.stderr)
+        print(f"pvenat: error: {message}", file=sys.stderr)
         return 1
     if line:
         print(line, flush=True)
     return 0
+
+
+def os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename else str(e)
 
 
 def run(ctx, vmid: int, phase: str) -> str:
@@ -169,9 +174,10 @@ def post_stop(ctx, vmid):
                 ctx.kernel.forget_connections(hostnet.public(ctx.host).ip, address)
             except PvenatError:
                 pass  # the rules are gone; its tracked flows expire on their own
-    except PvenatError as e:
-        log.error("guest.stop_failed", vmid=vmid, error=e.message)
-        return f"pvenat: {vmid}: WARNING: rules not removed: {e.message}; run 'pvenat sync'"
+    except (PvenatError, OSError) as e:
+        message = e.message if isinstance(e, PvenatError) else os_error(e)
+        log.error("guest.stop_failed", vmid=vmid, error=message)
+        return f"pvenat: {vmid}: WARNING: rules not removed: {message}; run 'pvenat sync'"
     if not script:
         return ""
     log.info("guest.stopped", vmid=vmid)

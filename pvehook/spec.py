@@ -225,12 +225,15 @@ def _parse_allow(what, node):
 
 
 def _parse_tags(vmid, tags):
-    """pvenat-PORT and pvenat-FIRST-LAST tags: that port or range, TCP and UDP."""
+    """pvenat-PORT and pvenat-FIRST-LAST tags: that port or range, TCP and UDP. In any
+    case: PVE's tag pattern ignores case, and the datacenter option tag-style
+    case-sensitive=1 keeps it (pve-common PVE/JSONSchema.pm, pve-guest-common
+    PVE/GuestHelpers.pm get_unique_tags)."""
     out = []
     for tag in filter(None, _TAG_SPLIT.split(tags)):
-        if not tag.startswith("pvenat"):
+        if not tag.lower().startswith("pvenat"):
             continue
-        m = _TAG.fullmatch(tag)
+        m = _TAG.fullmatch(tag.lower())
         if not m:
             raise PvenatError("spec", f"guest {vmid}: tag {_clip(tag)} looks like a pvenat tag "
                               "but is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "

@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from . import hostnet, ruleset
+from . import __version__, hostnet, ruleset
 from .context import HOOKSCRIPT, SNIPPET, UNITS
 from .errors import PvenatError
 from .plan import plan_for
@@ -13,7 +13,8 @@ from .plan import plan_for
 def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]]:
     """(what, ok, detail) for each check, in the order an admin would fix them."""
     host = ctx.host
-    out = [("config", os.path.exists(config_path),
+    out = [("version", True, f"pvenat {__version__}"),
+           ("config", os.path.exists(config_path),
             config_path if os.path.exists(config_path) else
             f"{config_path} missing (defaults in use); run 'pvenat install'"),
            ("hookscript", os.path.exists(os.path.join(root, SNIPPET)),

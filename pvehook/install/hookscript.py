@@ -3,7 +3,7 @@ the 'snippets' content type on storage local, keeping its other types."""
 
 import os
 
-from ..context import SNIPPET
+from ..context import HOOKSCRIPT, SNIPPET
 from ..errors import PvenatError
 from .actions import Action, Do, RemoveFile, WriteFile
 
@@ -19,7 +19,20 @@ def install(env):
 
 
 def uninstall(env):
+    """The guests here that name the hookscript lose it first (as root, through pvesh):
+    PVE refuses to start a guest whose hookscript is missing."""
     out = []
+    node = env.host.pve.node_name()
+    attached = [env.configs.guest(node, info.vmid, info.kind) for info in
+                env.configs.guests(node)]
+    attached = [g for g in attached if g.config.get("hookscript") == HOOKSCRIPT]
+    if attached:
+        out.append(Action(f"detach the hookscript from guests "
+                          f"{', '.join(str(g.vmid) for g in attached)}",
+                          *[Do(f"pvesh set /nodes/{node}/{g.kind}/{g.vmid}/config "
+                               "-delete hookscript",
+                               lambda g=g: env.api.set_config(node, g, delete="hookscript"))
+                            for g in attached]))
     path = env.system.path(SNIPPET)
     if env.system.exists(path):
         out.append(Action(f"remove the hookscript ({path})", RemoveFile(path)))

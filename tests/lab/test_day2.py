@@ -263,8 +263,9 @@ def test_status(lab):
     result = lab.pvenat("status")
     assert result.returncode == 1  # the hookscript snippet is not installed in the lab
     lines = result.stdout.splitlines()
-    assert lines[0] == f"ok   config: {lab.config}"
-    assert lines[1] == "FIX  hookscript: /var/lib/vz/snippets/pvenat.py missing; run " \
+    assert lines[0] == "ok   version: pvenat 0.1.0"
+    assert lines[1] == f"ok   config: {lab.config}"
+    assert lines[2] == "FIX  hookscript: /var/lib/vz/snippets/pvenat.py missing; run " \
         "'pvenat install'"
     assert "ok   bridge: vmbr1 up" in lines
     assert "ok   forwarding: net.ipv4.ip_forward=1" in lines

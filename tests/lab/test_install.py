@@ -7,13 +7,14 @@ interfaces file; nothing of the machine's own network is touched.
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
 
 from shared import FAKEPVE
 
-from lab import PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
+from lab import REPO, PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
 
 STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
           "\tbridge-ports none\n\tbridge-stp off\n\tbridge-fd 0\n")
@@ -130,9 +131,15 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     assert lab.hook(101, "post-stop").returncode == 0
 
-    # guest 101 still has a NIC on vmbr1: uninstall keeps the bridge and says why
+    # guest 101 still has a NIC on vmbr1: uninstall keeps the bridge and says why; it
+    # takes pvenat's hookscript off the guest (PVE refuses to start a guest whose
+    # hookscript is missing) before it removes the snippet
+    assert lab.pvenat("attach", "101").returncode == 0
     out = run(lab, "uninstall", rc=1)
     assert "pvenat: kept vmbr1: guests 101 have a NIC on it" in out
+    assert out.index("detach the hookscript from guests 101") < \
+        out.index("remove the hookscript")
+    assert "hookscript" not in lab.fixture_config(101)
     assert link(lab, "vmbr1") is not None
     off_the_bridge(lab)
     run(lab, "uninstall")
@@ -143,6 +150,17 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
         assert json.load(f)["storage"]["local"]["content"] == "iso,vztmpl,backup"
     after = {k: v for k, v in files(lab).items() if not k.endswith(".pvenat-backup")}
     assert after == files_before
+
+
+def test_the_hookscript_without_pvenat_lets_the_guest_start(tmp_path):
+    """A guest that still names the snippet after the package went must still start."""
+    snippet = tmp_path / "pvenat.py"
+    shutil.copy(os.path.join(REPO, "hookscripts", "pvenat.py"), snippet)
+    result = subprocess.run(["/usr/bin/python3", "-I", str(snippet), "101", "pre-start"],
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "pvenat: not installed; guest 101 runs without its forwards " \
+        "(remove 'hookscript' from its options, or install pvenat)\n"
 
 
 def test_existing_bridge_with_another_address_is_refused(lab):

@@ -183,6 +183,15 @@ def test_post_stop_needs_no_api(lab):
     assert lab.probe(lab.inet, "udp", PUBLIC_IP, 11000) == "timeout"
 
 
+def test_post_stop_never_fails_the_stop(lab):
+    """Not even when pvenat cannot write its state (here: /proc)."""
+    ok(lab.hook(102, "pre-start"))
+    result = lab.hook(102, "post-stop", {"PVENAT_STATE_DIR": "/proc/pvenat"})
+    assert result.returncode == 0
+    assert result.stdout.startswith("pvenat: 102: WARNING: ")
+    assert ok(lab.hook(102, "post-stop")) == "pvenat: 102: forwards removed"
+
+
 def test_events_go_to_the_log_as_json_lines(lab):
     """structlog is imported in the background while iptables-restore works; the events
     must still be written, whole, one JSON object a line."""

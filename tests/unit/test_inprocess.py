@@ -143,3 +143,14 @@ def test_sync_keeps_the_guest_that_was_there_first(ctx):
     assert result.forwarded == [102]
     assert "guest 103" in result.problems[103] and "guest 102" in result.problems[103]
     assert ruleset.managed_guests(ctx.kernel.read()) == {102}
+
+
+def test_post_stop_never_fails_the_stop(ctx, tmp_path):
+    """An unwritable state directory (here: a file where it should be) is a warning."""
+    start(ctx, 102)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    ctx.places = ctx.places._replace(state_dir=str(blocked / "state"))
+    line = hook.run(ctx, 102, "post-stop")
+    assert line.startswith("pvenat: 102: WARNING: rules not removed: ") and \
+        line.endswith("Not a directory; run 'pvenat sync'")

@@ -41,6 +41,16 @@ def test_tags_forward_tcp_and_udp():
     assert spec.entries == 2
 
 
+def test_tags_in_any_case():
+    """PVE keeps a tag's case with tag-style case-sensitive=1."""
+    upper = parse(102, "", "PVENAT-8080;Pvenat-9000-9001").forwards
+    lower = parse(102, "", "pvenat-8080;pvenat-9000-9001").forwards
+    assert [f[:4] for f in upper] == [f[:4] for f in lower]
+    assert upper[0].origin == "tag PVENAT-8080"  # messages quote what the admin wrote
+    with pytest.raises(PvenatError, match="tag 'PVENAT-x' looks like a pvenat tag"):
+        parse(102, "", "PVENAT-x")
+
+
 def test_sexagesimal_trap_is_a_mapping_not_a_number():
     # YAML 1.1 reads 2222:22 as 133342; pvenat reads every scalar as text.
     spec = parse(101, block("forwards: [12222:22]"), "")
