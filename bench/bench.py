@@ -50,9 +50,12 @@ def other_guests():
 
 def guests():
     g = other_guests()
+    # behind a PVE firewall bridge, as the GUI's firewall=1 puts it, its own VM firewall on
     g[TARGET] = {"kind": "qemu", "address": "172.22.1.10", "config": {
         "description": f"```pvenat\nforwards: [{PORT}:80, 16000-16009/both]\n```",
-        "net0": "virtio=BC:24:11:00:01:01,bridge=vmbr1", "ipconfig0": "ip=172.22.1.10/16"}}
+        "net0": "virtio=BC:24:11:00:01:01,bridge=vmbr1,firewall=1",
+        "ipconfig0": "ip=172.22.1.10/16"},
+        "vm_firewall": ["-p tcp -m tcp --dport 80 -j ACCEPT"]}
     g[UNMANAGED] = {"kind": "qemu", "config": {"description": "not managed", "tags": "web"}}
     return g
 
@@ -123,7 +126,7 @@ def bench_hooks(lab, report):
 
 
 def empty_tables(lab):
-    for table in ("nat", "filter"):
+    for table in ("raw", "nat", "filter"):
         lab.iptables("-t", table, "-F")
         lab.iptables("-t", table, "-X")
 
@@ -144,7 +147,7 @@ def bench_sync(lab, report):
         full.append(s)
         rss = max(rss, m)
         none.append(timed(lab.pvenat_argv("sync"))[0])
-    rules = sum(1 for line in saved.splitlines() if line.startswith("-A"))
+    rules = sum(1 for line in saved.splitlines() if line.startswith("-A PVENAT"))
     ratios = paired(full, restore)
     report(f"sync, {OTHERS} guests from nothing: {median(full):.3f} s "
            f"({rules} rules), peak RSS {rss:.1f} MiB")
@@ -156,6 +159,23 @@ def bench_sync(lab, report):
             ("full sync <= 5x iptables-restore", median(ratios) <= 5,
              f"{median(ratios):.2f}x (median of the rounds' ratios)"),
             ("no-change sync <= 0.3 s", median(none) <= 0.3, f"{median(none):.3f} s")]
+
+
+def bench_pvesh(lab, report):
+    """Every pvesh loads all of PVE's API: sync and list must start none."""
+    running(lab, OTHERS)
+    calls = os.path.join(lab.dir, "pvesh-calls")
+    listed = []
+    for args in (("sync",), ("list",)):
+        start = time.perf_counter()
+        result = subprocess.run(lab.pvenat_argv(*args, env={"PVENAT_FAKE_PVE_CALLS": calls}),
+                                capture_output=True, text=True)
+        listed.append(time.perf_counter() - start)
+        assert result.returncode == 0, result.stderr
+    count = len(open(calls).readlines()) if os.path.exists(calls) else 0
+    report(f"pvesh processes started by a sync and a list at {OTHERS} guests: {count} "
+           f"(sync {listed[0]:.3f} s, list {listed[1]:.3f} s)")
+    return [("no pvesh process in a sync or a list", count == 0, str(count))]
 
 
 def bench_datapath(lab, report, binary):
@@ -189,26 +209,22 @@ def bench_datapath(lab, report, binary):
              f"{ratio:.0%} (median of the rounds' ratios)")]
 
 
-def _has_local_backend():
-    import proxmoxer
-    return "local" in proxmoxer.core.SERVICES["PVE"]["supported_backends"]
-
-
 def main():
     if os.geteuid() != 0:
         sys.exit("bench: run as root (network namespaces, iptables)")
     scratch = tempfile.mkdtemp(prefix="pvenat-bench-")
     binary = os.path.join(scratch, "connrate")
     subprocess.run(["cc", "-O2", "-o", binary, os.path.join(HERE, "connrate.c")], check=True)
-    backend = "local" if _has_local_backend() else "https"
-    lab = Lab(guests(), config_source="files", lan="172.22.0.254/16", backend=backend)
+    # the default config: configs from /etc/pve, pvesh for the API
+    lab = Lab(guests(), lan="172.22.0.254/16", firewall="iptables")
     bars = []
     try:
         lab.spawn(lab.ns(TARGET), ["taskset", "-c", "0", binary, "sink", "80"])
         from importlib.metadata import version
         print(f"pvenat bench: {OTHERS} other guests, median of {RUNS} runs, python "
               f"{sys.version.split()[0]} ({sys.executable}), proxmoxer "
-              f"{version('proxmoxer')} with the {backend} backend, {os.cpu_count()} cores",
+              f"{version('proxmoxer')}, the default config (configs from files, pvesh), "
+              f"the target guest behind a PVE firewall bridge, {os.cpu_count()} cores",
               flush=True)
 
         def report(line):
@@ -219,6 +235,7 @@ def main():
             bars += bench_hooks(lab, report)
         if "sync" in parts:
             bars += bench_sync(lab, report)
+            bars += bench_pvesh(lab, report)
         if "datapath" in parts:
             bars += bench_datapath(lab, report, binary)
     finally:

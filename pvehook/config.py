@@ -105,13 +105,17 @@ def _parse_cached(text: str, path: str, state_dir: str):
             return yamlstrict.from_plain(cached["tree"]) if cached["tree"] else None
     except (OSError, ValueError, LookupError, TypeError):
         pass
-    root = yamlstrict.load(text, path, "config")
+    root = yamlstrict.load(text, _at(path), "config")
     try:
         files.write_atomic(cache, json.dumps(
             {"key": key, "tree": root and yamlstrict.to_plain(root)}))
     except OSError:
         pass  # no cache then, only a slower start
     return root
+
+
+def _at(path: str):
+    return lambda line: path if line is None else f"{path}, line {line}"
 
 
 def _fields(node, table: dict, path: str, prefix: str) -> dict:

@@ -15,9 +15,10 @@ from .ports import format_range, parse_range
 MAX_BLOCK = 16 * 1024  # PVE itself caps Notes at 8 KiB; anything larger is not ours
 _FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*")
 _TAG = re.compile(r"pvenat-([0-9]{1,5}(?:-[0-9]{1,5})?)")
-# 10000-10099 | 2222:22 | 8000-8009:9000-9009, then /tcp /udp /both
-_ENTRY = re.compile(r"([0-9]{1,5}(?:-[0-9]{1,5})?)(?::([0-9]{1,5}(?:-[0-9]{1,5})?))?"
-                    r"(?:/(tcp|udp|both))?")
+# 10000-10099 | 2222:22 | 2222->22 (as pvenat prints it) | 8000-8009:9000-9009, then
+# /tcp /udp /both in any case
+_RANGE = r"[0-9]{1,5}(?:-[0-9]{1,5})?"
+_ENTRY = re.compile(rf"({_RANGE})(?:(?::|->)({_RANGE}))?(?:/(tcp|udp|both))?", re.I)
 _TAG_SPLIT = re.compile(r"[;, ]")
 _NET_KEY = re.compile(r"net([0-9]+)")
 _PROTOS = {"tcp": ("tcp",), "udp": ("udp",), "both": ("tcp", "udp")}
@@ -48,28 +49,35 @@ class GuestSpec(NamedTuple):
     ip: str | None  # from "ip:", else found in the NIC config by plan.py
     forwards: tuple[Forward, ...]
     entries: int  # entries as written (a tcp+udp entry counts once), for the cap
+    who: str  # for messages: "guest 101", or the file that `pvenat check --notes` read
 
 
-def parse(vmid: int, description: str, tags: str) -> GuestSpec | None:
-    """The guest's spec, or None when neither Notes nor tags mention pvenat."""
-    block = _find_block(vmid, description or "")
-    tagged = _parse_tags(vmid, tags or "")
+def parse(vmid: int, description: str, tags: str, source: str = "") -> GuestSpec | None:
+    """The guest's spec, or None when neither Notes nor tags mention pvenat. Messages say
+    "guest 101, Notes line 6: ..."; with ``source`` (a file's name) "FILE, line 6: ..."."""
+    who = source or f"guest {vmid}"
+
+    def at(line):
+        return f"{source}, line {line}" if source else f"{who}, Notes line {line}"
+
+    block = _find_block(at, description or "")
+    tagged = _parse_tags(who, tags or "")
     if block is None and not tagged:
         return None
     ip, forwards, entries = None, [], len(tagged)
     if block is not None:
-        ip, written = _parse_block(vmid, *block)
+        ip, written = _parse_block(at, *block)
         forwards += written[0]
         entries += written[1]
     for tag in tagged:
         forwards += tag
     if not forwards:
-        raise PvenatError("spec", f"guest {vmid}: its pvenat block lists no forwards; add "
+        raise PvenatError("spec", f"{who}: its pvenat block lists no forwards; add "
                           "'forwards:' with entries such as '- 2222:22', or remove the block")
-    return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries)
+    return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries, who)
 
 
-def _find_block(vmid, text):
+def _find_block(at, text):
     """(body, first line number of body) of the one ```pvenat block, or None."""
     lines = text.split("\n")
     found, i = None, 0
@@ -82,15 +90,15 @@ def _find_block(vmid, text):
         end = next((j for j in range(i + 1, len(lines)) if _closes(lines[j], fence)), None)
         if m.group(3) == "pvenat":
             if end is None:
-                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: the pvenat "
+                raise PvenatError("spec", f"{at(start + 1)}: the pvenat "
                                   f"block is not closed; add a line {fence} after it")
             if found is not None:
-                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: a second "
+                raise PvenatError("spec", f"{at(start + 1)}: a second "
                                   f"pvenat block (the first is on line {found[1] - 1}); "
                                   "merge them into one")
             body = "\n".join(lines[start + 1:end])
             if len(body.encode()) > MAX_BLOCK:
-                raise PvenatError("spec", f"guest {vmid} Notes, line {start + 1}: the pvenat "
+                raise PvenatError("spec", f"{at(start + 1)}: the pvenat "
                                   f"block is larger than {MAX_BLOCK // 1024} KiB; shorten it")
             found = (body, start + 2)
         i = len(lines) if end is None else end + 1
@@ -105,18 +113,17 @@ def _closes(line: str, fence: str) -> bool:
         body == fence[0] * len(body)
 
 
-def _parse_block(vmid, body, first_line):
-    what = f"guest {vmid} Notes"
-    root = yamlstrict.load(body, what, "spec", first_line)
+def _parse_block(at, body, first_line):
+    root = yamlstrict.load(body, at, "spec", first_line)
     if root is None:
-        raise PvenatError("spec", f"{what}, line {first_line}: the pvenat block is empty; "
+        raise PvenatError("spec", f"{at(first_line)}: the pvenat block is empty; "
                           "add 'forwards:' with entries such as '- 2222:22'")
     if not isinstance(root, yamlstrict.Map):
-        raise PvenatError("spec", f"{what}, line {root.line}: the pvenat block needs keys "
+        raise PvenatError("spec", f"{at(root.line)}: the pvenat block needs keys "
                           "'forwards:' (and optionally 'ip:')")
     for key in root.items:
         if key not in ("ip", "forwards"):
-            raise PvenatError("spec", f"{what}, line {root.keys[key]}: unknown key {key!r}; "
+            raise PvenatError("spec", f"{at(root.keys[key])}: unknown key {key!r}; "
                               "the block takes 'ip' and 'forwards'")
     ip = None
     if "ip" in root.items:
@@ -124,18 +131,18 @@ def _parse_block(vmid, body, first_line):
         try:
             ip = str(ipaddress.IPv4Address(_text(node)))
         except ValueError:
-            raise PvenatError("spec", f"{what}, line {node.line}: ip: {_show(node)} is not "
+            raise PvenatError("spec", f"{at(node.line)}: ip: {_show(node)} is not "
                               "an IPv4 address; write it like 'ip: 172.22.161.170'") from None
     node = root.items.get("forwards")
     if node is None:
-        raise PvenatError("spec", f"{what}, line {root.line}: no 'forwards:' key; add one "
+        raise PvenatError("spec", f"{at(root.line)}: no 'forwards:' key; add one "
                           "with entries such as '- 2222:22'")
     if not isinstance(node, yamlstrict.Seq):
-        raise PvenatError("spec", f"{what}, line {node.line}: 'forwards' must be a list, "
+        raise PvenatError("spec", f"{at(node.line)}: 'forwards' must be a list, "
                           "one '- entry' per line")
     forwards = []
     for item in node.items:
-        forwards += _parse_entry(what, item)
+        forwards += _parse_entry(at, item)
     return ip, (forwards, len(node.items))
 
 
@@ -153,26 +160,33 @@ def _clip(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
-def _parse_entry(what, node):
+def _parse_entry(at, node):
     origin = f"Notes line {node.line}"
-    where = f"{what}, line {node.line}"
+    where = f"{at(node.line)}"
     allow = ()
     if isinstance(node, yamlstrict.Map):
+        key, value = next(iter(node.items.items()))
+        if len(node.items) == 1 and re.fullmatch(_RANGE, key) and isinstance(
+                value, yamlstrict.Scalar) and re.fullmatch(_RANGE, value.value):
+            raise PvenatError("spec", f"{where}: '{key} : {value.value}' reads as a YAML "
+                              "mapping because of the space before ':'; write "
+                              f"'{key}:{value.value}'")
         for key in node.items:
             if key not in ("ports", "proto", "allow"):
-                raise PvenatError("spec", f"{what}, line {node.keys[key]}: unknown key "
+                raise PvenatError("spec", f"{at(node.keys[key])}: unknown key "
                                   f"{key!r} in a forward; use ports, proto and allow")
         if "ports" not in node.items:
             raise PvenatError("spec", f"{where}: this forward has no 'ports:'")
         ports = _text(node.items["ports"])
         proto = _text(node.items["proto"]) if "proto" in node.items else "tcp"
+        proto = proto and proto.lower()
         if proto not in _PROTOS:
-            raise PvenatError("spec", f"{what}, line {node.items['proto'].line}: proto: "
+            raise PvenatError("spec", f"{at(node.items['proto'].line)}: proto: "
                               f"{_show(node.items['proto'])}; use tcp, udp or both")
         if "allow" in node.items:
-            allow = _parse_allow(what, node.items["allow"])
+            allow = _parse_allow(at, node.items["allow"])
         if ports is None or "/" in ports:
-            raise PvenatError("spec", f"{what}, line {node.items['ports'].line}: ports: "
+            raise PvenatError("spec", f"{at(node.items['ports'].line)}: ports: "
                               f"{_show(node.items['ports'])}; write a port, a range or "
                               "'public:guest', with the protocol under 'proto:'")
         text = f"{ports}/{proto}"
@@ -199,10 +213,11 @@ def _expand(text, allow, origin, where):
         raise PvenatError("spec", f"{where}: {_clip(text)} maps {public[1] - public[0] + 1} "
                           f"public ports to {guest[1] - guest[0] + 1} guest ports; both sides must "
                           "be the same length")
-    return [Forward(p, public, guest, allow, origin) for p in _PROTOS[m.group(3) or "tcp"]]
+    return [Forward(p, public, guest, allow, origin)
+            for p in _PROTOS[(m.group(3) or "tcp").lower()]]
 
 
-def _parse_allow(what, node):
+def _parse_allow(at, node):
     items = node.items if isinstance(node, yamlstrict.Seq) else (node,)
     out = []
     for item in items:
@@ -210,21 +225,25 @@ def _parse_allow(what, node):
         try:
             net = ipaddress.IPv4Network(text or "", strict=True)
         except ValueError as e:
+            if ":" in (text or ""):
+                raise PvenatError("spec", f"{at(item.line)}: allow: {_show(item)} is IPv6; "
+                                  "pvenat forwards IPv4 only, so far: list IPv4 sources") \
+                    from None
             hint = ""
             try:
                 hint = f" (did you mean {ipaddress.IPv4Network(text, strict=False)}?)"
             except (ValueError, TypeError):
                 pass
-            raise PvenatError("spec", f"{what}, line {item.line}: allow: {_show(item)} is "
+            raise PvenatError("spec", f"{at(item.line)}: allow: {_show(item)} is "
                               f"not an IPv4 address or network{hint}: {str(e)[:80]}") from None
         out.append(str(net))
     if not out:
-        raise PvenatError("spec", f"{what}, line {node.line}: 'allow' is empty, which would "
+        raise PvenatError("spec", f"{at(node.line)}: 'allow' is empty, which would "
                           "let nobody in; list sources or remove the key")
     return tuple(out)
 
 
-def _parse_tags(vmid, tags):
+def _parse_tags(who, tags):
     """pvenat-PORT and pvenat-FIRST-LAST tags: that port or range, TCP and UDP. In any
     case: PVE's tag pattern ignores case, and the datacenter option tag-style
     case-sensitive=1 keeps it (pve-common PVE/JSONSchema.pm, pve-guest-common
@@ -235,13 +254,13 @@ def _parse_tags(vmid, tags):
             continue
         m = _TAG.fullmatch(tag.lower())
         if not m:
-            raise PvenatError("spec", f"guest {vmid}: tag {_clip(tag)} looks like a pvenat tag "
+            raise PvenatError("spec", f"{who}: tag {_clip(tag)} looks like a pvenat tag "
                               "but is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
                               "pvenat-8080 or pvenat-10000-10099")
         try:
             lo, hi = parse_range(m.group(1))
         except ValueError as e:
-            raise PvenatError("spec", f"guest {vmid}: tag {tag!r}: {e}") from None
+            raise PvenatError("spec", f"{who}: tag {tag!r}: {e}") from None
         out.append([Forward(p, (lo, hi), (lo, hi), (), f"tag {tag}") for p in ("tcp", "udp")])
     return out
 

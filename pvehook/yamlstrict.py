@@ -29,10 +29,11 @@ class Map(NamedTuple):
     line: int
 
 
-def load(text: str, what: str, code: str, first_line: int = 1):
+def load(text: str, at, code: str, first_line: int = 1):
     """Parse one YAML document into Scalar/Seq/Map nodes; None when empty.
 
-    ``what`` names the source in errors ("/etc/pvenat/pvenat.yaml", "guest 101 Notes");
+    ``at(line)`` names a place in errors ("guest 101, Notes line 4"; line None: the
+    source as a whole);
     ``code`` is the PvenatError code for problems; ``first_line`` is the line number of
     the text's first line in that source.
     """
@@ -45,49 +46,52 @@ def load(text: str, what: str, code: str, first_line: int = 1):
         node = loader(text).get_single_node()
     except yaml.reader.ReaderError as e:  # a character YAML does not take
         line = text[:e.position].count("\n") + 1 + offset
-        raise PvenatError(code, f"{what}, line {line}: invalid YAML: character "
+        raise PvenatError(code, f"{at(line)}: invalid YAML: character "
                           f"{chr(e.character)!r} is not allowed") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1 + offset}" if mark else "somewhere"
+        where = at(mark.line + 1 + offset if mark else None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if mark and "\t" in (text.split("\n")[mark.line:mark.line + 1] or [""])[0]:
+            raise PvenatError(code, f"{where}: a tab; YAML indents with spaces only: put "
+                              "spaces where the tab is") from None
         context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
         if context and cmark:
             problem = f"{context} that starts on line {cmark.line + 1 + offset}: {problem}"
-        raise PvenatError(code, f"{what}, {where}: invalid YAML: {problem}") from None
+        raise PvenatError(code, f"{where}: invalid YAML: {problem}") from None
     if node is None:
         return None
-    return _convert(node, what, code, offset, set(), 0)
+    return _convert(node, at, code, offset, set(), 0)
 
 
 MAX_DEPTH = 16  # pvenat's own formats nest three levels deep
 
 
-def _convert(node, what, code, offset, seen, depth):
+def _convert(node, at, code, offset, seen, depth):
     line = node.start_mark.line + 1 + offset
     if depth > MAX_DEPTH:
-        raise PvenatError(code, f"{what}, line {line}: nested more than {MAX_DEPTH} levels "
+        raise PvenatError(code, f"{at(line)}: nested more than {MAX_DEPTH} levels "
                           "deep; pvenat's keys are not")
     # An alias is the same node object met twice; refusing it also defuses alias bombs.
     if id(node) in seen:
-        raise PvenatError(code, f"{what}, line {line}: YAML anchors and aliases (&name, "
+        raise PvenatError(code, f"{at(line)}: YAML anchors and aliases (&name, "
                           "*name) are not allowed; write the value out")
     seen.add(id(node))
     if node.id == "scalar":  # PyYAML's ScalarNode, SequenceNode, MappingNode
         return Scalar(node.value, line)
     if node.id == "sequence":
-        return Seq(tuple(_convert(n, what, code, offset, seen, depth + 1)
+        return Seq(tuple(_convert(n, at, code, offset, seen, depth + 1)
                          for n in node.value), line)
     items, keys = {}, {}
     for knode, vnode in node.value:
         kline = knode.start_mark.line + 1 + offset
         if knode.id != "scalar":
-            raise PvenatError(code, f"{what}, line {kline}: a key must be a plain word")
+            raise PvenatError(code, f"{at(kline)}: a key must be a plain word")
         if knode.value in items:
             raise PvenatError(
-                code, f"{what}, line {kline}: key {knode.value!r} appears twice "
+                code, f"{at(kline)}: key {knode.value!r} appears twice "
                 f"(first on line {keys[knode.value]}); keep one")
-        items[knode.value] = _convert(vnode, what, code, offset, seen, depth + 1)
+        items[knode.value] = _convert(vnode, at, code, offset, seen, depth + 1)
         keys[knode.value] = kline
     return Map(items, keys, line)
 

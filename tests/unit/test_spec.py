@@ -63,7 +63,8 @@ def test_tilde_fence_and_other_blocks_left_alone():
 
 
 @pytest.mark.parametrize("notes,tags,message", [
-    (block("forwards:\n  - 10099-10000"), "", "Notes, line 5: range 10099-10000 is reversed"),
+    (block("forwards:\n  - 10099-10000"), "",
+     "guest 101, Notes line 5: range 10099-10000 is reversed"),
     (block("forwards:\n  - 18000-18009:9000-9008"), "",
      "maps 10 public ports to 9 guest ports"),
     (block("forwards:\n  - 0"), "", "port 0 is out of range"),
@@ -76,7 +77,8 @@ def test_tilde_fence_and_other_blocks_left_alone():
     (block("forwards: [1]\nforwards: [2]"), "", "key 'forwards' appears twice"),
     (block("forwarding: [10000]"), "", "unknown key 'forwarding'"),
     (block("ip: 300.1.1.1\nforwards: [10000]"), "", "ip: '300.1.1.1' is not an IPv4"),
-    ("```pvenat\nforwards: [10000]\n", "", "Notes, line 1: the pvenat block is not closed"),
+    ("```pvenat\nforwards: [10000]\n", "",
+     "guest 101, Notes line 1: the pvenat block is not closed"),
     (block("forwards: [10000]") + block("forwards: [10001]"), "", "a second pvenat block"),
     (block(""), "", "the pvenat block is empty"),
     (block("forwards: []"), "", "lists no forwards"),
