@@ -14,15 +14,18 @@ from .plan import PLAN_INPUTS, GuestPlan
 from .spec import Forward
 
 
-def fingerprint(host, guest) -> str:
-    """What a plan depends on: the guest's Notes, tags and NICs, the host settings a plan
-    reads (PLAN_INPUTS), and pvenat's version (an upgrade may plan differently)."""
+def host_key(host) -> str:
+    """What a plan depends on besides the guest: the host settings a plan reads
+    (PLAN_INPUTS), and pvenat's version (an upgrade may plan differently)."""
+    return repr((__version__, [str(getattr(host, name)) for name in PLAN_INPUTS]))
+
+
+def fingerprint(host_key: str, guest) -> str:
+    """What a plan depends on: the guest's Notes, tags and NICs, and ``host_key``."""
     relevant = sorted(item for item in guest.config.items()
                       if item[0] in ("description", "tags")
                       or item[0].startswith(("net", "ipconfig")))
-    inputs = [str(getattr(host, name)) for name in PLAN_INPUTS]
-    return hashlib.sha1(repr((__version__, inputs, guest.kind, guest.vmid, relevant))
-                        .encode()).hexdigest()
+    return hashlib.sha1(repr((host_key, guest.kind, guest.vmid, relevant)).encode()).hexdigest()
 
 
 def load(path: str) -> dict:

@@ -63,7 +63,7 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     host = ctx.host
     node = host.pve.node_name()
     cache_path = os.path.join(ctx.places.state_dir, "plans.json")
-    cached, fresh = plancache.load(cache_path), {}
+    cached, fresh, host_key = plancache.load(cache_path), {}, plancache.host_key(host)
     seen = hostnet.guests_here(ctx.places.sysfs)
     # Running here means PVE's devices for it are here: the API's status comes from
     # pvestatd, seconds late, and would bring back a guest whose post-stop just ran.
@@ -71,7 +71,7 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     for vmid, kind in sorted(out.running.items()):
         try:
             guest = ctx.configs.guest(node, vmid, kind)
-            key = plancache.fingerprint(host, guest)
+            key = plancache.fingerprint(host_key, guest)
             fresh[key] = cached[key] if key in cached else plan_for(guest, host)
             if fresh[key] is not None:
                 out.plans[vmid] = fresh[key]

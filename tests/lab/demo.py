@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import LISTED_IP, PEER_IP, PUBLIC_IP, REPO, Lab, pve_root, sh  # noqa: E402
+from lab import IFUPDOWN2, LISTED_IP, PEER_IP, PUBLIC_IP, REPO, Lab, pve_root, sh  # noqa: E402
 
 PREFIX = "pvndemo"
 STATE = "/run/pvenat-demo.json"
@@ -89,7 +89,8 @@ def main():
     if os.geteuid() != 0:
         sys.exit("demo: run as root (network namespaces, iptables)")
     keep = os.environ.get("KEEP") == "1"
-    os.makedirs("/run/network", exist_ok=True)  # ifupdown2's lock and state
+    if not os.path.exists(IFUPDOWN2):
+        sys.exit("demo: the lab's own ifupdown2 is missing; run make deps-demo")
     print("== a PVE host in namespaces: vmbr0 203.0.113.10 with an internet peer; "
           "a fake PVE API")
     lab = Lab(GUESTS, lan_bridge=False, prefix=PREFIX)

@@ -29,6 +29,10 @@ PUBLIC_IP = "203.0.113.10"
 PEER_IP = "203.0.113.1"
 LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
 HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
+# Debian's ifupdown2 unpacked for the lab (tests/lab/private-ifupdown2): the machine's own
+# network tooling stays as it is. Where the package is installed (PVENAT_INSTALLED, in the
+# package test's own root) that root's ifupdown2 is used.
+IFUPDOWN2 = os.path.join(REPO, ".cache", "ifupdown2", "sbin")
 # With PVENAT_INSTALLED=1 the lab runs the installed package (/usr/sbin/pvenat, the
 # hookscript under /usr/share/pvenat) on Debian's python3, not this work tree.
 INSTALLED = os.environ.get("PVENAT_INSTALLED") == "1"
@@ -311,7 +315,7 @@ class Lab:
                     + extra)
 
     def env(self):
-        env = {"PATH": f"{FAKEPVE}:{HOOK_PATH}", "LC_ALL": "C",
+        env = {"PATH": f"{FAKEPVE}:{IFUPDOWN2}:{HOOK_PATH}", "LC_ALL": "C",
                "PVENAT_CONFIG": self.config, "PVENAT_STATE_DIR": f"{self.dir}/state",
                "PVENAT_FAKE_PVE": self.fixture}
         return env if INSTALLED else dict(env, PYTHONPATH=REPO)

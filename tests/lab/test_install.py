@@ -14,7 +14,7 @@ import pytest
 
 from shared import FAKEPVE
 
-from lab import REPO, PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
+from lab import IFUPDOWN2, INSTALLED, REPO, PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
 
 STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
           "\tbridge-ports none\n\tbridge-stp off\n\tbridge-fd 0\n")
@@ -41,7 +41,8 @@ def https_lab(tmp_path):
 def install_lab(tmp_path, **options):
     if os.geteuid() != 0:
         pytest.fail("the namespace lab needs root (network namespaces, iptables)")
-    os.makedirs("/run/network", exist_ok=True)  # ifupdown2's lock and state live there
+    if not os.path.exists(IFUPDOWN2) and not INSTALLED:
+        pytest.fail(f"no {IFUPDOWN2}: run make deps (tests/lab/private-ifupdown2)")
     lab = Lab(guests(), lan_bridge=False, **options)
     lab.root = pve_root(str(tmp_path / "root"))
     lab.sysctl(lab.host, "net.ipv4.ip_forward", 0)
