@@ -1,18 +1,25 @@
-# pvenat developer entry points. Run as root: the tests build network namespaces.
-#   make test    both test runs: Debian's python3-* libraries, then current PyPI releases
+# pvenat developer entry points. Run as root: the tests and the demo build network namespaces.
 #   make demo    a simulated PVE host in namespaces and the flows pvenat makes work
 #                (KEEP=1 leaves it up; make demo-down removes it)
-#   make deps    what the tests need: apt packages and the PyPI virtualenv (.venv)
+#   make test    lint; the unit and namespace tests on Debian's libraries and on PyPI's; the
+#                Debian package built and tested in Debian roots of its own (bookworm, trixie)
+#   make deb     build/pvenat_*_all.deb, built in a Debian root of its own
+#   make bench   the benchmarks, on both library sets
+#
+# What they install on this machine, only where missing (tests/apt-missing: no package
+# already there is upgraded, replaced or removed):
+#   demo:             DEMO_PACKAGES, and Debian's ifupdown2 unpacked into .cache (not installed)
+#   test, deb, bench: also TEST_PACKAGES, and PYPI_PACKAGES in the virtualenv .venv
 
 PY_DEBIAN := /usr/bin/python3
 VENV := .venv
-APT_PACKAGES := iptables iproute2 conntrack openssl python3 python3-venv python3-pip \
-	python3-proxmoxer python3-yaml python3-structlog python3-requests python3-pytest \
-	python3-hypothesis build-essential debhelper dh-python python3-all python3-setuptools \
-	lintian fakeroot git ifupdown2
+DEMO_PACKAGES := iptables iproute2 conntrack openssl python3 python3-proxmoxer python3-yaml \
+	python3-structlog python3-requests
+TEST_PACKAGES := python3-venv python3-pytest python3-hypothesis gcc mmdebstrap
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis flake8
+SUITES := bookworm trixie
 
-.PHONY: test lint test-debian test-pypi test-package deps bench demo demo-down deb
+.PHONY: test lint test-debian test-pypi test-package deps deps-demo bench demo demo-down deb
 
 test: deps lint test-debian test-pypi test-package
 
@@ -28,28 +35,30 @@ test-pypi:
 	$(VENV)/bin/python -m pytest -q tests
 
 test-package:
-	@echo "== the Debian package: build, lintian, install, namespace tests, purge"
-	tests/package-test
+	@for suite in $(SUITES); do \
+		echo "== the Debian package on $$suite: build, lintian, install, namespace tests, upgrade, remove, purge"; \
+		tests/package-test $$suite || exit 1; \
+	done
 
-deps:
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		$(APT_PACKAGES) >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		$(APT_PACKAGES) >/dev/null; }
+deps-demo:
+	tests/apt-missing $(DEMO_PACKAGES)
+	tests/lab/private-ifupdown2 .cache/ifupdown2
+
+deps: deps-demo
+	tests/apt-missing $(TEST_PACKAGES)
 	test -x $(VENV)/bin/python || $(PY_DEBIAN) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade $(PYPI_PACKAGES)
 
-# Benchmarks (issue: 1,000 guests on one node): figures on both library sets.
 bench: deps
 	$(PY_DEBIAN) bench/bench.py
 	$(VENV)/bin/python bench/bench.py
 
-demo: deps
+demo: deps-demo
 	$(PY_DEBIAN) tests/lab/demo.py
 
 demo-down:
 	$(PY_DEBIAN) tests/lab/demo.py down
 
 # The Debian package, built from the work tree into build/.
-deb:
-	tests/build-deb $(CURDIR)/build
+deb: deps
+	tests/package-test --deb $(CURDIR)/build

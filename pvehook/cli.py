@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         return args.func(args, context(host, places))
     except PvenatError as e:
         print(f"pvenat: error: {e.message}", file=sys.stderr)
-        return 1
+        return 2 if e.code == "usage" else 1
 
 
 def _parser():
@@ -54,14 +54,24 @@ def _parser():
     c.add_argument("--dry-run", action="store_true", help="print what would change")
     c = command("list", cmd_list, "list managed guests, their forwards, and whether the "
                 "kernel has them", "pvenat list --json")
-    c.add_argument("--json", action="store_true")
-    c = command("check", cmd_check, "validate a guest's Notes and tags (or a file) without "
-                "applying; print the rules a start would add", "pvenat check 101")
-    c.add_argument("vmid", type=int, nargs="?")
-    c.add_argument("--notes", metavar="FILE", help="check this Notes text instead of a guest")
-    for name, verb in (("attach", "set"), ("detach", "clear")):
+    c.add_argument("--json", action="store_true", help="one JSON object per guest: vmid, "
+                   "name, type, status, address, error, and forwards (forward, proto, allow, "
+                   "live, packets)")
+    c = command("check", cmd_check, "validate a guest's Notes and tags, or Notes in a file, "
+                "without applying; print the plan and the iptables-restore lines a start "
+                "would apply", "pvenat check 101\n  pvenat check --notes notes.md 101  "
+                "# as if they were 101's Notes\n  pvenat check --notes - < notes.md")
+    c.add_argument("vmid", type=int, nargs="?", help="the guest; with --notes, the guest "
+                   "whose NICs and running neighbours the file is checked against")
+    c.add_argument("--notes", metavar="FILE", help="check this Notes text ('-': standard "
+                   "input) instead of the guest's own")
+    for name, verb, detail in (
+            ("attach", "set", "so that its forwards follow its starts and stops; another "
+             "hookscript is left alone unless --force"),
+            ("detach", "clear", "(pvenat's only, unless --force); its rules go at its next "
+             "stop, or now with pvenat sync")):
         c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
-                    f"{HOOKSCRIPT}", f"pvenat {name} 101 102")
+                    f"{HOOKSCRIPT}, as root through pvesh, {detail}", f"pvenat {name} 101 102")
         c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
         c.add_argument("--force", action="store_true",
                        help="replace or clear a hookscript that is not pvenat's")
@@ -71,15 +81,17 @@ def _parser():
     c.add_argument("--dry-run", action="store_true", help="print every change, make none")
     c.add_argument("--root", metavar="DIR", default="/", help="files under DIR, commands "
                    "aimed at it (for tests and labs; implies no PVE check)")
-    c.add_argument("--token", action="store_true", help="create a read-only API token and "
-                   "use the https backend (needed on PVE 8)")
+    c.add_argument("--token", action="store_true", help="also create a read-only API token "
+                   "and use the https backend (only for pve.config_source: api over HTTPS)")
     c = command("uninstall", cmd_install, "take back everything pvenat install and its hooks "
                 "added; other rules and files stay as they are", "pvenat uninstall --dry-run")
     c.add_argument("--dry-run", action="store_true", help="print every change, make none")
     c.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
     c = command("status", cmd_status, "check the host setup and list guests that need "
                 "attention", "pvenat status --json")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="a JSON list of the checks: check, "
+                   "ok, detail")
+    c.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
     return p
 
 
@@ -106,19 +118,27 @@ def cmd_list(args, ctx) -> int:
 
 def cmd_check(args, ctx) -> int:
     from . import hostnet, netfilter, ruleset, spec
-    from .plan import plan_guest, summary
+    from .plan import plan_for, plan_guest, summary
     host = ctx.host
-    if args.notes:
-        with open(args.notes, encoding="utf-8") as f:
-            parsed = spec.parse(args.vmid or 0, f.read(), "")
+    if args.vmid is None and args.notes is None:
+        raise PvenatError("usage", "check what? give a VMID, or --notes FILE (see pvenat "
+                          "check --help)")
+    if args.notes is not None and args.vmid is None:  # Notes alone: no guest, no kernel
+        source = "standard input" if args.notes == "-" else args.notes
+        parsed = spec.parse(0, read_notes(args.notes), "", source)
         if parsed is None:
-            raise PvenatError("spec", f"{args.notes}: no ```pvenat block")
+            raise PvenatError("spec", f"{source}: no ```pvenat block")
         plan = plan_guest(parsed, "qemu", {}, host)
-        print(summary(plan, hostnet.public(host).ip))
+        print(summary(plan, hostnet.public(host).ip, source))
+        print("rules of its chain:")
+        print("\n".join(ruleset.guest_rules(plan)))
         return 0
-    if args.vmid is None:
-        raise PvenatError("usage", "give a VMID or --notes FILE")
-    plan = hook.load_plan(ctx, args.vmid)
+    if args.notes is not None:
+        guest = ctx.configs.guest(host.pve.node_name(), args.vmid)
+        plan = plan_for(guest._replace(config=dict(guest.config,
+                                                   description=read_notes(args.notes))), host)
+    else:
+        plan = hook.load_plan(ctx, args.vmid)
     if plan is None:
         print(f"pvenat: {args.vmid}: not managed (no pvenat block in its Notes, no pvenat- tag)")
         return 0
@@ -130,6 +150,20 @@ def cmd_check(args, ctx) -> int:
     print(summary(plan, public.ip))
     print(script, end="" if script else "rules: all in place\n")
     return 0
+
+
+def read_notes(path: str) -> str:
+    """Notes text from a file, or standard input for '-'."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except OSError as e:
+        raise PvenatError("spec", f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PvenatError("spec", f"{path}: not UTF-8 text (byte {e.start}); PVE keeps Notes "
+                          "as UTF-8: save the file as UTF-8") from None
 
 
 def cmd_attach(args, ctx) -> int:
@@ -173,7 +207,7 @@ def cmd_install(args, ctx) -> int:
 def cmd_status(args, ctx) -> int:
     from . import status
     path = config.config_path(args.config)
-    results = status.checks(ctx, path)
+    results = status.checks(ctx, path, args.root)
     if args.json:
         print(json.dumps([{"check": w, "ok": ok, "detail": d} for w, ok, d in results],
                          indent=1))

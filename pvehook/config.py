@@ -64,12 +64,17 @@ def config_path(explicit=None) -> str:
 
 
 def load(path: str, state_dir: str) -> HostConfig:
-    """Read and check the config; a missing file means all defaults. The parse is cached
-    in ``state_dir``."""
+    """Read and check the config; a missing default file means all defaults, a missing file
+    that --config or $PVENAT_CONFIG named is an error. The parse is cached in
+    ``state_dir``."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
+        if path != DEFAULT_PATH:
+            raise PvenatError("config", f"{path}: no such file (named by --config or "
+                              "$PVENAT_CONFIG); give the path of a pvenat config, or "
+                              f"leave both out for {DEFAULT_PATH}") from None
         return HostConfig()
     except OSError as e:
         raise PvenatError("config", f"{path}: cannot read: {e.strerror}") from None

@@ -41,38 +41,38 @@ class GuestPlan(NamedTuple):
 
 
 def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> GuestPlan:
-    vmid = spec.vmid
+    vmid, who = spec.vmid, spec.who
     address = spec.ip or nic_address(kind, config, host.lan_bridge)
     if address is None:
         tagged = next((n for n in nics(kind, config) if n.tagged_on == host.lan_bridge), None)
         if tagged:
             tag = tagged.bridge[len(tagged.tagged_on) + 1:]
-            raise PvenatError("spec", f"guest {vmid}: net{tagged.index} has tag={tag} on "
+            raise PvenatError("spec", f"{who}: net{tagged.index} has tag={tag} on "
                               f"{host.lan_bridge}, which puts it in VLAN {tag}, not on "
                               f"{host.lan_bridge}'s own network where the gateway "
                               f"{host.lan_address.ip} is; remove the tag, or make "
                               f"{tagged.bridge} the lan_bridge")
-        raise PvenatError("spec", f"guest {vmid}: no address to forward to: its NIC on "
+        raise PvenatError("spec", f"{who}: no address to forward to: its NIC on "
                           f"{host.lan_bridge} has no static IPv4; add 'ip: ADDRESS' to its "
                           "pvenat block or set a static address on the NIC")
-    _check_address(vmid, address, host)
+    _check_address(who, address, host)
     if spec.entries > host.max_forwards:
-        raise PvenatError("spec", f"guest {vmid}: {spec.entries} forwards, more than the "
+        raise PvenatError("spec", f"{who}: {spec.entries} forwards, more than the "
                           f"{host.max_forwards} allowed per guest (max_forwards); merge "
                           "ports into ranges")
     for fwd in spec.forwards:
         lo, hi = fwd.public
         bad = host.reserved_ports.first_inside(lo, hi)
         if bad is not None:
-            raise PvenatError("spec", f"guest {vmid}, {fwd.origin}: public port {bad} is "
+            raise PvenatError("spec", f"{who}, {fwd.origin}: public port {bad} is "
                               f"reserved on this host ({host.reserved_ports}); pick another")
         bad = host.port_pool.first_outside(lo, hi)
         if bad is not None:
-            raise PvenatError("spec", f"guest {vmid}, {fwd.origin}: public port {bad} is "
+            raise PvenatError("spec", f"{who}, {fwd.origin}: public port {bad} is "
                               f"outside the port pool ({host.port_pool}); pick ports there")
     for a, b in zip(spec.forwards, spec.forwards[1:]):
         if a.proto == b.proto and b.public[0] <= a.public[1]:
-            raise PvenatError("spec", f"guest {vmid}: {a.proto} port {b.public[0]} is "
+            raise PvenatError("spec", f"{who}: {a.proto} port {b.public[0]} is "
                               f"forwarded twice ({a.origin} and {b.origin}); keep one")
     return GuestPlan(vmid, address, spec.forwards)
 
@@ -83,14 +83,14 @@ def plan_for(guest, host: HostConfig):
     return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host)
 
 
-def _check_address(vmid, address, host):
+def _check_address(who, address, host):
     net = host.lan_network
     ip = ipaddress.IPv4Address(address)
     if ip not in net:
-        raise PvenatError("spec", f"guest {vmid}: address {ip} is not in the guest subnet "
+        raise PvenatError("spec", f"{who}: address {ip} is not in the guest subnet "
                           f"{net} of {host.lan_bridge}; use an address there")
     if ip in (net.network_address, net.broadcast_address, host.lan_address.ip):
-        raise PvenatError("spec", f"guest {vmid}: address {ip} is the subnet's network, "
+        raise PvenatError("spec", f"{who}: address {ip} is the subnet's network, "
                           "broadcast or host address; give the guest its own address")
 
 
@@ -148,7 +148,7 @@ class Held:
                     "here)")
 
 
-def summary(plan: GuestPlan, public_ip: str) -> str:
+def summary(plan: GuestPlan, public_ip: str, who: str = "") -> str:
     """One line for the task log: protocols merged where tcp and udp match."""
     merged: dict[tuple, list[str]] = {}
     for f in plan.forwards:
@@ -158,4 +158,4 @@ def summary(plan: GuestPlan, public_ip: str) -> str:
         protos = merged.pop((f.public, f.guest, f.allow), None)
         if protos:
             parts.append(f"{'+'.join(protos)} {f.describe()}")
-    return f"pvenat: {plan.vmid} -> {plan.address} via {public_ip}: {', '.join(parts)}"
+    return f"pvenat: {who or plan.vmid} -> {plan.address} via {public_ip}: {', '.join(parts)}"

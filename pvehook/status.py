@@ -1,4 +1,8 @@
-"""pvenat status: is this host set up, and which guests need attention."""
+"""pvenat status: is this host set up, and which guests need attention.
+
+Every check gives a line, whatever the others found: on a host where pvenat install never
+ran, the checklist says what is missing instead of stopping at the first error.
+"""
 
 import os
 import shutil
@@ -8,52 +12,77 @@ from . import __version__, hostnet, ruleset
 from .context import HOOKSCRIPT, SNIPPET, UNITS
 from .errors import PvenatError
 from .plan import plan_for
+from .spec import nics
 
 
 def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]]:
-    """(what, ok, detail) for each check, in the order an admin would fix them."""
-    host = ctx.host
-    out = [("version", True, f"pvenat {__version__}"),
-           ("config", os.path.exists(config_path),
-            config_path if os.path.exists(config_path) else
-            f"{config_path} missing (defaults in use); run 'pvenat install'"),
-           ("hookscript", os.path.exists(os.path.join(root, SNIPPET)),
-            f"/{SNIPPET}" + ("" if os.path.exists(os.path.join(root, SNIPPET)) else
-                             " missing; run 'pvenat install'"))]
-    up = _flag_up(host.lan_bridge, ctx.places.sysfs)
-    out.append(("bridge", up, f"{host.lan_bridge} {'up' if up else 'missing or down'}"))
-    with open(f"{ctx.places.proc}/sys/net/ipv4/ip_forward") as f:
-        fwd = f.read().strip() == "1"
-    out.append(("forwarding", fwd, "net.ipv4.ip_forward=" + ("1" if fwd else "0")))
-    try:
-        ok = ruleset.base_in_place(ctx.kernel.read(), host, hostnet.public(host))
-        out.append(("rules", ok, "SNAT, hairpin and jumps in place" if ok else
-                    "base rules missing or changed; run 'pvenat sync'"))
-    except PvenatError as e:
-        out.append(("rules", False, e.message))
-    out.append(_units())
-    out += _guests(ctx)
+    """(what, ok, detail) for each check, in the order an admin would fix them. ``root``:
+    where install put its files (pvenat install --root)."""
+    out = [("version", True, f"pvenat {__version__}")]
+    for what, check in (("config", _config), ("hookscript", _snippet), ("bridge", _bridge),
+                        ("forwarding", _forwarding), ("rules", _rules), ("units", _units),
+                        ("guests", _guests)):
+        try:
+            out += check(ctx, config_path, root)
+        except (PvenatError, OSError) as e:
+            out.append((what, False, e.message if isinstance(e, PvenatError) else str(e)))
     return out
 
 
-def _flag_up(bridge, sysfs) -> bool:
+def _config(ctx, config_path, root):
+    if os.path.exists(config_path):
+        return [("config", True, config_path)]
+    return [("config", False, f"{config_path} missing (defaults in use); run 'pvenat "
+             "install'")]
+
+
+def _snippet(ctx, config_path, root):
+    path = os.path.join(root, SNIPPET)
+    return [("hookscript", os.path.exists(path),
+             path + ("" if os.path.exists(path) else " missing; run 'pvenat install'"))]
+
+
+def _bridge(ctx, config_path, root):
+    bridge = ctx.host.lan_bridge
     try:
-        with open(f"{sysfs}/{bridge}/flags") as f:
-            return int(f.read(), 16) & 1 == 1
+        with open(f"{ctx.places.sysfs}/{bridge}/flags") as f:
+            up = int(f.read(), 16) & 1 == 1
     except FileNotFoundError:
-        return False
+        up = False
+    return [("bridge", up, f"{bridge} up" if up else
+             f"{bridge} missing or down; run 'pvenat install'")]
 
 
-def _units():
-    if not shutil.which("systemctl"):
-        return ("units", True, "no systemd here; not checked")
+def _forwarding(ctx, config_path, root):
+    with open(f"{ctx.places.proc}/sys/net/ipv4/ip_forward") as f:
+        on = f.read().strip() == "1"
+    return [("forwarding", on, "net.ipv4.ip_forward=1" if on else
+             "net.ipv4.ip_forward=0; run 'pvenat install'")]
+
+
+def _rules(ctx, config_path, root):
+    ok = ruleset.base_in_place(ctx.kernel.read(), ctx.host, hostnet.public(ctx.host))
+    return [("rules", ok, "SNAT, hairpin and jumps in place" if ok else
+             "base rules missing or changed; run 'pvenat sync' (or 'pvenat install')")]
+
+
+def _units(ctx, config_path, root):
+    if root != "/":  # installed into a tree (a lab): enabled there, never started
+        wanted = [os.path.join(root, "etc/systemd/system", target, unit) for unit, target in
+                  zip(UNITS, ("multi-user.target.wants", "timers.target.wants"))]
+        missing = [os.path.basename(w) for w in wanted if not os.path.lexists(w)]
+        return [("units", not missing, f"enabled under {root}" if not missing else
+                 f"{', '.join(missing)} not enabled under {root}; run 'pvenat install'")]
+    if not shutil.which("systemctl") or not os.path.isdir("/run/systemd/system"):
+        return [("units", True, "systemd is not running here; not checked")]
     proc = subprocess.run(["systemctl", "is-active", *UNITS], capture_output=True, text=True)
     states = proc.stdout.split()
-    ok = proc.returncode == 0
-    return ("units", ok, ", ".join(f"{u} {s}" for u, s in zip(UNITS, states)))
+    detail = ", ".join(f"{u} {s}" for u, s in zip(UNITS, states))
+    return [("units", proc.returncode == 0, detail if proc.returncode == 0 else
+             detail + "; run 'pvenat install'")]
 
 
-def _guests(ctx):
+def _guests(ctx, config_path, root):
     node = ctx.host.pve.node_name()
     unhooked, no_address = [], []
     for info in ctx.configs.guests(node):
@@ -61,8 +90,7 @@ def _guests(ctx):
             guest = ctx.configs.guest(node, info.vmid, info.kind)
         except PvenatError:
             continue
-        on_lan = any(f"bridge={ctx.host.lan_bridge}" in str(v).split(",")
-                     for k, v in guest.config.items() if k.startswith("net"))
+        on_lan = any(n.bridge == ctx.host.lan_bridge for n in nics(guest.kind, guest.config))
         if on_lan and guest.config.get("hookscript") != HOOKSCRIPT:
             unhooked.append(str(info.vmid))
         try:

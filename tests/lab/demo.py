@@ -40,14 +40,18 @@ GUESTS = {
           "config": {"tags": "pvenat-11000", "net0": "name=eth0,bridge=vmbr1,"
                      "ip=172.22.161.171/24,gw=172.22.161.254,type=veth"}},
 }
-# The recipe people copy by hand: MASQUERADE out, DNAT in on both bridges with -d.
+# The recipe people copy by hand, for the same forwards: MASQUERADE out, DNAT in on both
+# bridges with -d, the allow-list as -s.
 PLAIN = [["-t", "nat", "-A", "POSTROUTING", "-s", "172.22.161.0/24", "-o", "vmbr0", "-j",
           "MASQUERADE"]] + [
-    ["-t", "nat", "-A", "PREROUTING", "-i", bridge, "-d", PUBLIC_IP, "-p", proto, "--dport",
-     port, "-j", "DNAT", "--to-destination", to]
-    for bridge in ("vmbr0", "vmbr1") for proto, port, to in (
-        ("tcp", "12222", "172.22.161.170:22"), ("tcp", "10000:10009", "172.22.161.170"),
-        ("udp", "10000:10009", "172.22.161.170"), ("tcp", "11000", "172.22.161.171"))]
+    ["-t", "nat", "-A", "PREROUTING", "-i", bridge, "-d", PUBLIC_IP, *source, "-p", proto,
+     "--dport", port, "-j", "DNAT", "--to-destination", to]
+    for bridge in ("vmbr0", "vmbr1") for source, proto, port, to in (
+        ((), "tcp", "12222", "172.22.161.170:22"), ((), "tcp", "10000:10009", "172.22.161.170"),
+        ((), "udp", "10000:10009", "172.22.161.170"),
+        (("-s", LISTED_IP), "tcp", "13389", "172.22.161.170:3389"),
+        ((), "tcp", "11000", "172.22.161.171"), ((), "udp", "11000", "172.22.161.171"))]
+NAMES = {"g101": "VM 101", "g102": "CT 102", "inet": "the internet peer"}
 
 
 def flows(lab):
@@ -82,7 +86,16 @@ def works(want, got) -> bool:
 
 
 def verdict(want, got):
-    return "works" if works(want, got) else f"FAILS ({got})"
+    """What happened, in words; '!' marks what the flow should not do."""
+    if got in ("refused", "timeout"):
+        said = "refused" if got == "refused" else "no answer"
+    elif got.split()[0] in NAMES:
+        said = f"reached {NAMES[got.split()[0]]}"
+        if not works(want, got) and works(f"{got.split()[0]} None", got):
+            said += f" as {got.split()[-1]}"
+    else:
+        said = got
+    return said if works(want, got) else f"! {said}"
 
 
 def main():
@@ -91,6 +104,9 @@ def main():
     keep = os.environ.get("KEEP") == "1"
     if not os.path.exists(IFUPDOWN2):
         sys.exit("demo: the lab's own ifupdown2 is missing; run make deps-demo")
+    if os.path.exists(STATE) or any(n.startswith(PREFIX + "-")
+                                    for n in sh("ip", "netns", "list").stdout.split()):
+        sys.exit("demo: a demo is still up (make demo KEEP=1); run make demo-down first")
     print("== a PVE host in namespaces: vmbr0 203.0.113.10 with an internet peer; "
           "a fake PVE API")
     lab = Lab(GUESTS, lan_bridge=False, prefix=PREFIX)
@@ -103,6 +119,7 @@ def main():
         print("== two guests on vmbr1 (tap101i0: a QEMU VM, veth102i0: an LXC container), "
               "their hook phases")
         for vmid in GUESTS:
+            print("   " + lab.pvenat("attach", str(vmid)).stdout.strip())
             lab.add_guest(vmid)
             for phase in ("pre-start", "post-start"):
                 line = lab.hook(vmid, phase)
@@ -117,10 +134,10 @@ def main():
             lab.iptables(*rule)
         plain = flows(lab)
         width = max(len(f[0]) for f in measured) + 2
-        print(f"\n{'flow':{width}}{'pvenat':12}plain iptables recipe")
+        print(f"\n{'flow':{width}}{'pvenat':22}plain iptables recipe, same forwards")
         for (name, want, got), (_, _, plain_got) in zip(measured, plain):
-            print(f"{name:{width}}{verdict(want, got):12}{verdict(want, plain_got)}")
-        print()
+            print(f"{name:{width}}{verdict(want, got):22}{verdict(want, plain_got)}")
+        print("(! marks what the flow should not do)\n")
         for rule in PLAIN:  # back to pvenat for whoever keeps the demo
             lab.iptables(*[a if a != "-A" else "-D" for a in rule])
         lab.pvenat("install", "--root", root)
@@ -137,7 +154,7 @@ def main():
   ip netns exec {lab.ns(102)} python3 {REPO}/tests/lab/netprobe.py tcp {PUBLIC_IP} 12222
   ip netns exec {lab.host} iptables-legacy-save -t nat
   ip netns exec {lab.host} env -i {env} python3 -m pvehook list
-  ip netns exec {lab.host} env -i {env} python3 -m pvehook status""")
+  ip netns exec {lab.host} env -i {env} python3 -m pvehook status --root {root}""")
             return 0
         return 0 if all(works(want, got) for _, want, got in measured) else 1
     finally:

@@ -236,11 +236,32 @@ def test_check(lab):
     notes = os.path.join(lab.dir, "notes.md")
     with open(notes, "w") as f:
         f.write("```pvenat\nip: 172.22.161.180\nforwards: [15000-15009/udp]\n```\n")
-    assert run(lab, "check", "--notes", notes) == \
-        "pvenat: 0 -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n"
-    with open(notes, "w") as f:
-        f.write("```pvenat\nforwards: [15000-15009/udp]\n```\n")
-    assert "no address to forward to" in lab.pvenat("check", "--notes", notes).stderr
+    assert run(lab, "check", "--notes", notes) == (
+        f"pvenat: {notes} -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n"
+        "rules of its chain:\n"
+        "-p udp -m multiport --dports 15000:15009 -j DNAT --to-destination 172.22.161.180\n")
+    # as if they were guest 104's Notes: its NIC, and the guests running beside it
+    out = run(lab, "check", "--notes", notes, "104")
+    assert out.startswith("pvenat: 104 -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n")
+    assert "-A PVENAT-104 -p udp -m multiport --dports 15000:15009 -j DNAT " \
+        "--to-destination 172.22.161.180" in out
+    # standard input, and Notes that name no address
+    result = subprocess.run(lab.pvenat_argv("check", "--notes", "-"), capture_output=True,
+                            text=True, input="```pvenat\nforwards: [15000-15009/udp]\n```\n")
+    assert result.returncode == 1 and result.stderr == (
+        "pvenat: error: standard input: no address to forward to: its NIC on vmbr1 has no "
+        "static IPv4; add 'ip: ADDRESS' to its pvenat block or set a static address on the "
+        "NIC\n")
+    with open(notes, "wb") as f:
+        f.write(b"```pvenat\nforwards: [15000]\n# caf\xe9\n```\n")
+    assert lab.pvenat("check", "--notes", notes).stderr == (
+        f"pvenat: error: {notes}: not UTF-8 text (byte 33); PVE keeps Notes as UTF-8: save "
+        "the file as UTF-8\n")
+    assert lab.pvenat("check", "--notes", notes + "x").stderr == \
+        f"pvenat: error: {notes}x: No such file or directory\n"
+    result = lab.pvenat("check")  # a bad command line
+    assert result.returncode == 2 and "check what? give a VMID, or --notes FILE" in \
+        result.stderr
 
 
 def test_attach_and_detach_through_the_api(lab):

@@ -14,7 +14,8 @@ import pytest
 
 from shared import FAKEPVE
 
-from lab import IFUPDOWN2, INSTALLED, REPO, PEER_IP, PUBLIC_IP, PVE_INTERFACES as INTERFACES, Lab, pve_root, sh
+from lab import IFUPDOWN2, INSTALLED, PEER_IP, PUBLIC_IP, REPO, Lab, pve_root, sh
+from lab import PVE_INTERFACES as INTERFACES
 
 STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
           "\tbridge-ports none\n\tbridge-stp off\n\tbridge-fd 0\n")

@@ -19,12 +19,20 @@ def parse(text, tmp_path):
     return config.load(str(path), str(tmp_path / "state"))
 
 
-def test_missing_file_means_defaults(tmp_path):
+def test_missing_file_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "none.yaml"))
     cfg = config.load(str(tmp_path / "none.yaml"), str(tmp_path))
     assert cfg == config.HostConfig()
     assert cfg.lan_network == ipaddress.IPv4Network("172.22.161.0/24")
     assert cfg.port_pool.first_outside(10000, 60999) is None
     assert cfg.reserved_ports.first_inside(5000, 5410) == 5405
+
+
+def test_a_named_file_that_is_missing_is_an_error(tmp_path):
+    """--config or $PVENAT_CONFIG naming a file that is not there must not mean defaults."""
+    with pytest.raises(PvenatError, match=r"none.yaml: no such file \(named by --config or "
+                       r"\$PVENAT_CONFIG\)"):
+        config.load(str(tmp_path / "none.yaml"), str(tmp_path))
 
 
 def test_full_config(tmp_path):
