@@ -51,7 +51,7 @@ PLAIN = [["-t", "nat", "-A", "POSTROUTING", "-s", "172.22.161.0/24", "-o", "vmbr
         ((), "udp", "10000:10009", "172.22.161.170"),
         (("-s", LISTED_IP), "tcp", "13389", "172.22.161.170:3389"),
         ((), "tcp", "11000", "172.22.161.171"), ((), "udp", "11000", "172.22.161.171"))]
-NAMES = {"g101": "VM 101", "g102": "CT 102", "inet": "the internet peer"}
+NAMES = {"g101": "VM 101", "g102": "CT 102", "inet": "the internet"}
 
 
 def flows(lab):
@@ -134,9 +134,10 @@ def main():
             lab.iptables(*rule)
         plain = flows(lab)
         width = max(len(f[0]) for f in measured) + 2
-        print(f"\n{'flow':{width}}{'pvenat':22}plain iptables recipe, same forwards")
+        cell = max(len(verdict(want, got)) for _, want, got in measured) + 2
+        print(f"\n{'flow':{width}}{'pvenat':{cell}}plain iptables recipe, same forwards")
         for (name, want, got), (_, _, plain_got) in zip(measured, plain):
-            print(f"{name:{width}}{verdict(want, got):22}{verdict(want, plain_got)}")
+            print(f"{name:{width}}{verdict(want, got):{cell}}{verdict(want, plain_got)}")
         print("(! marks what the flow should not do)\n")
         for rule in PLAIN:  # back to pvenat for whoever keeps the demo
             lab.iptables(*[a if a != "-A" else "-D" for a in rule])

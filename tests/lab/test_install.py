@@ -165,6 +165,21 @@ def test_the_hookscript_without_pvenat_lets_the_guest_start(tmp_path):
         "(remove 'hookscript' from its options, or install pvenat)\n"
 
 
+def test_status_on_a_host_where_install_never_ran_is_a_checklist(lab):
+    result = lab.pvenat("status", "--root", lab.root)
+    assert result.returncode == 1 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok   version", "ok   config", "FIX  hookscript", "FIX  bridge", "FIX  forwarding",
+        "FIX  rules", "FIX  units", "FIX  guests without the hookscript",
+        "ok   managed guests without an address"]
+    assert "FIX  bridge: vmbr1 missing or down; run 'pvenat install'" in lines
+    run(lab, "install")
+    assert lab.pvenat("attach", "101").returncode == 0
+    assert lab.pvenat("status", "--root", lab.root).stdout.startswith("ok ")
+    assert "FIX" not in lab.pvenat("status", "--root", lab.root).stdout
+
+
 def test_existing_bridge_with_another_address_is_refused(lab):
     path = os.path.join(lab.root, "etc/network/interfaces")
     text = INTERFACES + "\nauto vmbr1\niface vmbr1 inet static\n\taddress 10.9.0.1/24\n"
