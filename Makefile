@@ -15,7 +15,8 @@ PY_DEBIAN := /usr/bin/python3
 VENV := .venv
 DEMO_PACKAGES := iptables iproute2 conntrack openssl python3 python3-proxmoxer python3-yaml \
 	python3-structlog python3-requests
-TEST_PACKAGES := python3-venv python3-pytest python3-hypothesis gcc mmdebstrap
+TEST_PACKAGES := python3-venv python3-pytest python3-hypothesis gcc mmdebstrap dnsmasq-base \
+	busybox
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis flake8
 SUITES := bookworm trixie
 

@@ -6,6 +6,7 @@ minute, and should not pay for the installer's imports.
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__, config, hook, logs
@@ -66,15 +67,22 @@ def _parser():
     c.add_argument("--notes", metavar="FILE", help="check this Notes text ('-': standard "
                    "input) instead of the guest's own")
     for name, verb, detail in (
-            ("attach", "set", "so that its forwards follow its starts and stops; another "
-             "hookscript is left alone unless --force"),
+            ("attach", "set", "so that its forwards and its DHCP lease follow its starts "
+             "and stops, and give a guest without an address on lan_bridge the first free "
+             "one (into its config: an LXC NIC's ip=, cloud-init's ipconfigN, or the pvenat "
+             "block's ip:); another hookscript is left alone unless --force"),
             ("detach", "clear", "(pvenat's only, unless --force); its rules go at its next "
              "stop, or now with pvenat sync")):
         c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
-                    f"{HOOKSCRIPT}, as root through pvesh, {detail}", f"pvenat {name} 101 102")
+                    f"{HOOKSCRIPT}, as root through pvesh, {detail}",
+                    f"pvenat {name} 101 102" + ("\n  pvenat attach --ip 172.22.161.50 103"
+                                                if name == "attach" else ""))
         c.add_argument("vmids", type=int, nargs="+", metavar="VMID")
         c.add_argument("--force", action="store_true",
                        help="replace or clear a hookscript that is not pvenat's")
+        if name == "attach":
+            c.add_argument("--ip", metavar="ADDRESS", help="this address on lan_bridge, for "
+                           "one guest (refused when another guest of the cluster has it)")
     c = command("install", cmd_install, "set this host up for NAT guests: the lan bridge, "
                 "forwarding, SNAT, the boot unit and sync timer, the hookscript snippet",
                 "pvenat install --dry-run")
@@ -87,6 +95,9 @@ def _parser():
                 "added; other rules and files stay as they are", "pvenat uninstall --dry-run")
     c.add_argument("--dry-run", action="store_true", help="print every change, make none")
     c.add_argument("--root", metavar="DIR", default="/", help=argparse.SUPPRESS)
+    command("dhcp-server", cmd_dhcp_server, "run dnsmasq on lan_bridge as the host config "
+            "says: DHCP with the guests' leases, DNS (what pvenat-dhcp.service runs)",
+            "pvenat dhcp-server")
     c = command("status", cmd_status, "check the host setup and list guests that need "
                 "attention", "pvenat status --json")
     c.add_argument("--json", action="store_true", help="a JSON list of the checks: check, "
@@ -167,26 +178,14 @@ def read_notes(path: str) -> str:
 
 
 def cmd_attach(args, ctx) -> int:
-    from . import hostnet
-    node = ctx.host.pve.node_name()
-    attach = args.command == "attach"
-    for vmid in args.vmids:
-        guest = ctx.configs.guest(node, vmid)
-        have = guest.config.get("hookscript")
-        if have not in (None, HOOKSCRIPT) and not args.force:
-            raise PvenatError("conflict", f"guest {vmid} has another hookscript ({have}); "
-                              "pvenat leaves it alone unless you add --force")
-        if attach and have != HOOKSCRIPT:
-            ctx.api.set_config(node, guest, hookscript=HOOKSCRIPT)
-        elif not attach and have is not None:
-            ctx.api.set_config(node, guest, delete="hookscript")
-        else:
-            print(f"pvenat: {vmid}: already {'attached' if attach else 'detached'}")
-            continue
-        running = vmid in hostnet.guests_here(ctx.places.sysfs)
-        print(f"pvenat: {vmid}: hookscript {'set to ' + HOOKSCRIPT if attach else 'cleared'}"
-              + ("; it is running: restart it, or run 'pvenat sync' to apply now" if running
-                 else ""))
+    from . import attach
+    if args.command == "detach":
+        lines = attach.detach(ctx, args.vmids, args.force)
+    elif args.ip and len(args.vmids) > 1:
+        raise PvenatError("usage", "--ip gives one guest its address; name one VMID")
+    else:
+        lines = attach.attach(ctx, args.vmids, args.force, args.ip)
+    print("\n".join(lines))
     return 0
 
 
@@ -202,6 +201,19 @@ def cmd_install(args, ctx) -> int:
     for note in env.notes + env.warnings:
         print(f"pvenat: {note}")
     return 1 if env.notes else 0
+
+
+def cmd_dhcp_server(args, ctx) -> int:
+    from . import dhcp
+    if not ctx.host.dhcp:
+        print("pvenat: dhcp: false in the host config; no DHCP server")
+        return 0
+    os.makedirs(ctx.places.state_dir, mode=0o755, exist_ok=True)
+    argv = dhcp.argv(ctx.host, ctx.places)
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        raise PvenatError("host", "dnsmasq not found; install dnsmasq-base") from None
 
 
 def cmd_status(args, ctx) -> int:

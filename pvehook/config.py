@@ -52,6 +52,9 @@ class HostConfig(NamedTuple):
         [22, 85, 111, 3128, "5405-5412", "5900-5999", 8006, "60000-60050"])
     max_forwards: int = 64
     log_file: str = "/var/log/pvenat.log"
+    dhcp: bool = True  # DHCP and DNS on lan_bridge (dnsmasq): static leases for guests
+    dhcp_range: tuple = ()  # (first, last) addresses for guests pvenat does not know
+    dns_servers: tuple = ()  # where the guests' DNS goes; () = the host's resolv.conf
     pve: PveSettings = PveSettings()
 
     @property
@@ -95,6 +98,10 @@ def _build(root, path: str) -> HostConfig:
     if cfg.wan_bridge == cfg.lan_bridge:
         raise PvenatError("config", f"{path}: wan_bridge and lan_bridge are both "
                           f"{cfg.wan_bridge}; they must differ")
+    for address in cfg.dhcp_range:
+        if ipaddress.IPv4Address(address) not in cfg.lan_network:
+            raise PvenatError("config", f"{path}: dhcp_range {'-'.join(cfg.dhcp_range)} is "
+                              f"not inside the guest subnet {cfg.lan_network}")
     return cfg
 
 
@@ -191,6 +198,34 @@ def _one_of(*allowed, noun=""):
     return convert
 
 
+def _flag(value, *_):
+    text = _scalar(value)
+    if text not in ("true", "false"):
+        raise ValueError(f"{text!r}: use true or false")
+    return text == "true"
+
+
+def _address_range(value, *_):
+    text = _scalar(value)
+    first, sep, last = text.partition("-")
+    try:
+        first, last = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+    except ValueError:
+        raise ValueError(f"{text!r}: write FIRST-LAST, such as 172.22.161.100-172.22.161.199"
+                         ) from None
+    if not sep or last < first:
+        raise ValueError(f"{text!r}: write FIRST-LAST, the first address before the last")
+    return str(first), str(last)
+
+
+def _addresses(value, *_):
+    items = value.items if isinstance(value, yamlstrict.Seq) else (value,)
+    texts = [_scalar(i) for i in items]
+    if texts == ["auto"]:
+        return ()
+    return tuple(str(ipaddress.IPv4Address(t)) for t in texts)
+
+
 def _verify(value, *_):
     text = _scalar(value)
     if text not in ("pve", "true", "false") and not text.startswith("/"):
@@ -215,5 +250,6 @@ PVE_FIELDS = {
 FIELDS = {
     "wan_bridge": _ifname, "public_ip": _public_ip, "lan_bridge": _ifname,
     "lan_address": _interface, "port_pool": _ports, "reserved_ports": _ports,
-    "max_forwards": _count, "log_file": _text, "pve": _pve,
+    "max_forwards": _count, "log_file": _text, "dhcp": _flag, "dhcp_range": _address_range,
+    "dns_servers": _addresses, "pve": _pve,
 }

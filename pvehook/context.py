@@ -7,7 +7,14 @@ from typing import NamedTuple
 STATE_DIR = "/run/pvenat"  # caches and the lock, safe to delete; PVENAT_STATE_DIR moves it
 HOOKSCRIPT = "local:snippets/pvenat.py"  # how a guest's config names the hookscript
 SNIPPET = "var/lib/vz/snippets/pvenat.py"  # the file PVE resolves it to, under /
-UNITS = ("pvenat.service", "pvenat-sync.timer")  # what pvenat install enables
+# What pvenat install enables (unit -> the target that wants it); the DHCP server only
+# with dhcp on.
+UNITS = {"pvenat.service": "multi-user.target", "pvenat-sync.timer": "timers.target"}
+DHCP_UNIT = {"pvenat-dhcp.service": "multi-user.target"}
+
+
+def units(host) -> dict:
+    return {**UNITS, **(DHCP_UNIT if host.dhcp else {})}
 
 
 class Places(NamedTuple):

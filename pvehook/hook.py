@@ -11,7 +11,7 @@ post-stop   remove the guest's rules and its tracked connections; never fails th
 import os
 import sys
 
-from . import config, hostnet, index, logs, netfilter, ruleset
+from . import config, dhcp, hostnet, index, leases, logs, netfilter, ruleset
 from .context import Places, context
 from .errors import PvenatError
 from .plan import Held, plan_for, summary
@@ -57,11 +57,15 @@ def run(ctx, vmid: int, phase: str) -> str:
     return ""
 
 
-def load_plan(ctx, vmid):
-    """The guest's checked plan, or None when pvenat does not manage it."""
+def load_guest(ctx, vmid):
     # During a live migration the config still sits on the source node.
     node = os.environ.get("PVE_MIGRATED_FROM") or ctx.host.pve.node_name()
-    return plan_for(ctx.configs.guest(node, vmid), ctx.host)
+    return ctx.configs.guest(node, vmid)
+
+
+def load_plan(ctx, vmid):
+    """The guest's checked plan, or None when pvenat does not manage it."""
+    return plan_for(load_guest(ctx, vmid), ctx.host)
 
 
 def start_change(ctx, plan, public):
@@ -134,15 +138,26 @@ def _change_from_kernel(ctx, vmid, plan, public) -> str:
 
 
 def pre_start(ctx, vmid):
-    plan = load_plan(ctx, vmid)
-    if plan is None:
+    """The guest's rules and its DHCP lease, both checked before either is changed."""
+    guest = load_guest(ctx, vmid)
+    plan = plan_for(guest, ctx.host)
+    mine = leases.leases_for(guest, plan, ctx.host)
+    if plan is None and not mine:
         return ""
-    public = hostnet.public(ctx.host)
+    forwards = plan is not None and bool(plan.forwards)
+    public = hostnet.public(ctx.host) if forwards else None
     with netfilter.locked(ctx.places.lock_path):
-        script = change_guest(ctx, vmid, plan, public)
-    log.info("guest.started", vmid=vmid, address=plan.address, changed=bool(script),
-             forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards])
-    return summary(plan, public.ip)
+        held = dhcp.read(ctx.places) if mine else []
+        leases.check(mine, held)
+        script = change_guest(ctx, vmid, plan if forwards else None, public)
+        if mine:
+            dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)
+    log.info("guest.started", vmid=vmid, address=mine[0].ip if mine else plan.address,
+             changed=bool(script), leases=[lease.mac for lease in mine],
+             forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards] if plan else [])
+    if forwards:
+        return summary(plan, public.ip)
+    return f"pvenat: {vmid}: DHCP lease {mine[0].ip} for {', '.join(m.mac for m in mine)}"
 
 
 def post_start(ctx, vmid):

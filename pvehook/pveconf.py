@@ -107,6 +107,14 @@ class ConfigFiles:
                                          "running" if vmid in running else "stopped"))
         return sorted(out, key=lambda g: g.vmid)
 
+    def cluster(self) -> list[tuple[str, GuestInfo]]:
+        """(node, guest) for every guest of the cluster, from every node's folders."""
+        try:
+            nodes = sorted(os.listdir(f"{self.root}/nodes"))
+        except FileNotFoundError:
+            return []
+        return [(node, info) for node in nodes for info in self.guests(node)]
+
     def guest(self, node: str, vmid: int, kind: str = "") -> Guest:
         """The guest's config; ``kind`` (qemu or lxc), when known, saves looking for it."""
         for found, folder in [f for f in _FOLDERS if f[0] == kind] or _FOLDERS:

@@ -71,7 +71,7 @@ def parse(vmid: int, description: str, tags: str, source: str = "") -> GuestSpec
         entries += written[1]
     for tag in tagged:
         forwards += tag
-    if not forwards:
+    if not forwards and ip is None:
         raise PvenatError("spec", f"{who}: its pvenat block lists no forwards; add "
                           "'forwards:' with entries such as '- 2222:22', or remove the block")
     return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries, who)
@@ -105,6 +105,24 @@ def _find_block(at, text):
     return found
 
 
+def with_ip(description: str, ip: str) -> str:
+    """The Notes with the pvenat block's 'ip:' set to ``ip``: the line replaced, or added as
+    the block's first line, or a block of its own appended; the rest as it was."""
+    lines = (description or "").split("\n")
+    for i, line in enumerate(lines):
+        m = _FENCE.fullmatch(line.rstrip("\r"))
+        if m and m.group(3) == "pvenat":
+            end = next((j for j in range(i + 1, len(lines)) if _closes(lines[j], m.group(2))),
+                       len(lines))
+            for j in range(i + 1, end):
+                if re.match(r"ip\s*:", lines[j]):
+                    lines[j] = f"ip: {ip}"
+                    return "\n".join(lines)
+            return "\n".join(lines[:i + 1] + [f"ip: {ip}"] + lines[i + 1:])
+    text = (description or "").rstrip("\n")
+    return (text + "\n\n" if text else "") + f"```pvenat\nip: {ip}\n```"
+
+
 def _closes(line: str, fence: str) -> bool:
     """A closing fence: up to 3 spaces, at least as many of the same fence characters."""
     text = line.rstrip()
@@ -134,6 +152,8 @@ def _parse_block(at, body, first_line):
             raise PvenatError("spec", f"{at(node.line)}: ip: {_show(node)} is not "
                               "an IPv4 address; write it like 'ip: 172.22.161.170'") from None
     node = root.items.get("forwards")
+    if node is None and ip is not None:  # an address for DHCP alone, no forwards
+        return ip, ([], 0)
     if node is None:
         raise PvenatError("spec", f"{at(root.line)}: no 'forwards:' key; add one "
                           "with entries such as '- 2222:22'")

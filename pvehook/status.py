@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 
-from . import __version__, hostnet, ruleset
-from .context import HOOKSCRIPT, SNIPPET, UNITS
+from . import __version__, dhcp, hostnet, ruleset
+from .context import HOOKSCRIPT, SNIPPET, units
 from .errors import PvenatError
 from .plan import plan_for
 from .spec import nics
@@ -21,7 +21,7 @@ def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]
     out = [("version", True, f"pvenat {__version__}")]
     for what, check in (("config", _config), ("hookscript", _snippet), ("bridge", _bridge),
                         ("forwarding", _forwarding), ("rules", _rules), ("units", _units),
-                        ("guests", _guests)):
+                        ("dhcp", _dhcp), ("guests", _guests)):
         try:
             out += check(ctx, config_path, root)
         except (PvenatError, OSError) as e:
@@ -67,19 +67,30 @@ def _rules(ctx, config_path, root):
 
 
 def _units(ctx, config_path, root):
+    wanted = units(ctx.host)
     if root != "/":  # installed into a tree (a lab): enabled there, never started
-        wanted = [os.path.join(root, "etc/systemd/system", target, unit) for unit, target in
-                  zip(UNITS, ("multi-user.target.wants", "timers.target.wants"))]
-        missing = [os.path.basename(w) for w in wanted if not os.path.lexists(w)]
+        missing = [unit for unit, target in wanted.items() if not os.path.lexists(
+            os.path.join(root, "etc/systemd/system", f"{target}.wants", unit))]
         return [("units", not missing, f"enabled under {root}" if not missing else
                  f"{', '.join(missing)} not enabled under {root}; run 'pvenat install'")]
     if not shutil.which("systemctl") or not os.path.isdir("/run/systemd/system"):
         return [("units", True, "systemd is not running here; not checked")]
-    proc = subprocess.run(["systemctl", "is-active", *UNITS], capture_output=True, text=True)
+    proc = subprocess.run(["systemctl", "is-active", *wanted], capture_output=True, text=True)
     states = proc.stdout.split()
-    detail = ", ".join(f"{u} {s}" for u, s in zip(UNITS, states))
+    detail = ", ".join(f"{u} {s}" for u, s in zip(wanted, states))
     return [("units", proc.returncode == 0, detail if proc.returncode == 0 else
              detail + "; run 'pvenat install'")]
+
+
+def _dhcp(ctx, config_path, root):
+    if not ctx.host.dhcp:
+        return [("dhcp", True, "off (dhcp: false)")]
+    pid = dhcp.server_pid(ctx.places)
+    held = dhcp.read(ctx.places)
+    if pid is None:
+        return [("dhcp", False, f"dnsmasq is not running ({len(held)} leases waiting); "
+                 "systemctl start pvenat-dhcp, or see journalctl -u pvenat-dhcp")]
+    return [("dhcp", True, f"dnsmasq {pid} on {ctx.host.lan_bridge}, {len(held)} leases")]
 
 
 def _guests(ctx, config_path, root):

@@ -12,7 +12,8 @@ bridge ports, as post-start sets them up).
 
 import os
 
-from . import hostnet, index, logs, netfilter, plancache, pveconf, ruleset
+from . import dhcp, hostnet, index, leases, logs, netfilter, plancache, pveconf, ruleset
+from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .plan import Held, plan_for
 
@@ -29,6 +30,7 @@ class SyncResult:
         self.added, self.updated, self.removed = [], [], []
         self.problems = {}  # VMID -> message
         self.hairpin = []  # ports turned on
+        self.leases = None  # the DHCP leases after the sync, when they changed
 
     def lines(self, node: str, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""
@@ -42,6 +44,8 @@ class SyncResult:
             changes = [f"base rules {would}repaired"]
         if self.hairpin:
             changes.append(f"hairpin {would}turned on for {', '.join(self.hairpin)}")
+        if self.leases is not None:
+            changes.append(f"DHCP leases {would}rewritten ({len(self.leases)})")
         count = f"{len(self.forwarded)} guests forwarded"
         out.append(f"pvenat sync: {count}; {'; '.join(changes)}" if changes
                    else f"pvenat sync: nothing to change ({count})")
@@ -56,10 +60,13 @@ class Planned:
         self.seen = seen  # VMIDs whose NICs existed just before the listing
         self.plans = {}  # VMID -> GuestPlan
         self.broken = set()  # VMIDs whose config could not be read or planned
+        self.leases = []  # the leases of the guests here that have the hookscript
 
 
 def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
-    """Every running guest's plan, from the plan cache where its config is unchanged."""
+    """Every running guest's plan, from the plan cache where its config is unchanged; and
+    with DHCP on, the leases of every guest here that has pvenat's hookscript, running or
+    not (a guest keeps its address when it stops)."""
     host = ctx.host
     node = host.pve.node_name()
     cache_path = os.path.join(ctx.places.state_dir, "plans.json")
@@ -67,17 +74,25 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     seen = hostnet.guests_here(ctx.places.sysfs)
     # Running here means PVE's devices for it are here: the API's status comes from
     # pvestatd, seconds late, and would bring back a guest whose post-stop just ran.
-    out = Planned({i.vmid: i.kind for i in ctx.configs.guests(node) if i.vmid in seen}, seen)
-    for vmid, kind in sorted(out.running.items()):
+    listed = ctx.configs.guests(node)
+    out = Planned({i.vmid: i.kind for i in listed if i.vmid in seen}, seen)
+    for info in listed:
+        running = info.vmid in out.running
+        if not running and not host.dhcp:
+            continue
+        guest = plan = None
         try:
-            guest = ctx.configs.guest(node, vmid, kind)
+            guest = ctx.configs.guest(node, info.vmid, info.kind)
             key = plancache.fingerprint(host_key, guest)
-            fresh[key] = cached[key] if key in cached else plan_for(guest, host)
-            if fresh[key] is not None:
-                out.plans[vmid] = fresh[key]
+            fresh[key] = plan = cached[key] if key in cached else plan_for(guest, host)
+            if plan is not None and running:
+                out.plans[info.vmid] = plan
         except PvenatError as e:
-            result.problems[vmid] = e.message
-            out.broken.add(vmid)
+            if running:
+                result.problems[info.vmid] = e.message
+                out.broken.add(info.vmid)
+        if guest is not None and guest.config.get("hookscript") == HOOKSCRIPT:
+            out.leases += leases.leases_for(guest, plan, host)
     if fresh.keys() != cached.keys() and not dry_run:
         plancache.save(cache_path, fresh)
     return out
@@ -148,10 +163,34 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
     if dry_run:
         current = ctx.kernel.read()
         result.script = ruleset.restore_script(current, change(current)[0])
-        return
-    index.drop(places.state_dir)  # while the kernel changes, hooks read the kernel
-    result.script, held = netfilter.update(ctx.kernel, change)
-    index.save(places.state_dir, index.Index(public, held.all_claims(), held.addresses))
+    else:
+        index.drop(places.state_dir)  # while the kernel changes, hooks read the kernel
+        result.script, held = netfilter.update(ctx.kernel, change)
+        index.save(places.state_dir, index.Index(public, held.all_claims(), held.addresses))
+    if host.dhcp:
+        apply_leases(ctx, planned.leases, result, dry_run)
+
+
+def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
+    """The hosts file holds exactly the wanted leases. A guest holding an address keeps it;
+    a second guest wanting the same address or MAC is left out, and reported."""
+    held = dhcp.read(ctx.places)
+    holders = {lease.vmid for lease in held}
+    kept = []
+    by_vmid = {}
+    for lease in wanted:
+        by_vmid.setdefault(lease.vmid, []).append(lease)
+    for vmid in sorted(by_vmid, key=lambda v: (v not in holders, v)):
+        try:
+            leases.check(by_vmid[vmid], kept)
+        except PvenatError as e:
+            result.problems[vmid] = e.message
+            continue
+        kept += by_vmid[vmid]
+    if sorted(kept) != sorted(held):
+        result.leases = kept
+        if not dry_run:
+            dhcp.write(ctx.places, kept)
 
 
 def sync(ctx, dry_run: bool = False) -> SyncResult:
@@ -161,7 +200,7 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
         apply(ctx, planned, result, dry_run)
         result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
                                               dry_run)
-    if result.script or result.problems or result.hairpin:  # a quiet minute logs nothing
+    if result.script or result.problems or result.hairpin or result.leases is not None:
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),
                  changed=bool(result.script))

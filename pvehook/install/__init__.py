@@ -8,12 +8,12 @@ created is recorded (install/record.py), so uninstall removes that and nothing e
 
 from .. import logs
 from ..errors import PvenatError
-from . import bridge, forwarding, hookscript, rules, token, units
+from . import bridge, dhcp, forwarding, hookscript, rules, token, units
 from .record import Record
 from .system import System
 
 log = logs.get_logger("pvenat.install")
-STEPS = (token, bridge, forwarding, rules, hookscript, units)
+STEPS = (token, bridge, forwarding, rules, hookscript, dhcp, units)
 
 
 class Env:

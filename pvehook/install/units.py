@@ -1,23 +1,26 @@
-"""Install step: the boot unit (pvenat sync before guests start) and the sync timer."""
+"""Install step: the boot unit (pvenat sync before guests start), the sync timer and, with
+dhcp on, the DHCP server (pvenat-dhcp.service)."""
 
-from ..context import UNITS
+from ..context import units
 from .actions import Action, Run
-
-WANTED_BY = ("multi-user.target.wants", "timers.target.wants")
 
 
 def install(env):
     system = env.system
-    if all(system.exists(system.path(f"etc/systemd/system/{target}/{unit}"))
-           for unit, target in zip(UNITS, WANTED_BY)):
+    wanted = units(env.host)
+    missing = [unit for unit, target in wanted.items()
+               if not system.exists(system.path(f"etc/systemd/system/{target}.wants/{unit}"))]
+    if not missing:
         return None
     now = ["--now"] if system.root == "/" else []  # offline under another root
-    return Action("enable the boot unit and the sync timer",
-                  Run(*system.systemctl("enable", *now, *UNITS)), remember={"units": list(UNITS)})
+    return Action(f"enable {', '.join(missing)}", Run(*system.systemctl("enable", *now, *missing)),
+                  remember={"units": sorted(set(env.record.units) | set(wanted))})
 
 
 def uninstall(env):
     if not env.record.units:
         return None
-    return Action("disable the boot unit and the sync timer",
-                  Run(*env.system.systemctl("disable", *UNITS)), remember={"units": []})
+    now = ["--now"] if env.system.root == "/" else []
+    return Action(f"disable and stop {', '.join(env.record.units)}",
+                  Run(*env.system.systemctl("disable", *now, *env.record.units)),
+                  remember={"units": []})

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "fakepve")]
@@ -29,6 +30,7 @@ PUBLIC_IP = "203.0.113.10"
 PEER_IP = "203.0.113.1"
 LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
 HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
+DNS_ANSWER = "198.51.100.80"  # what the internet's DNS server says www.example.test is
 # Debian's ifupdown2 unpacked for the lab (tests/lab/private-ifupdown2): the machine's own
 # network tooling stays as it is. Where the package is installed (PVENAT_INSTALLED, in the
 # package test's own root) that root's ifupdown2 is used.
@@ -78,7 +80,8 @@ def pve_root(root: str) -> str:
     with open(f"{root}/etc/network/interfaces", "w") as f:
         f.write(PVE_INTERFACES)
     os.makedirs(f"{root}/lib/systemd/system")
-    for unit in ("pvenat.service", "pvenat-sync.service", "pvenat-sync.timer"):
+    for unit in ("pvenat.service", "pvenat-sync.service", "pvenat-sync.timer",
+                 "pvenat-dhcp.service"):
         shutil.copy(os.path.join(REPO, "systemd", unit), f"{root}/lib/systemd/system")
     return root
 
@@ -219,9 +222,51 @@ class Lab:
         sh("ip", "-n", self.host, "link", "add", port, "type", "veth", "peer", "name", "eth0",
            *mac, "netns", g)
         self.node.plug(port, opts)
-        sh("ip", "-n", g, "addr", "add", f"{guest['address']}/{self.prefixlen}", "dev", "eth0")
         sh("ip", "-n", g, "link", "set", "eth0", "up")
-        sh("ip", "-n", g, "route", "add", "default", "via", self.gateway)
+        if guest["address"] != "dhcp":  # else the guest asks for it: dhcp_client()
+            self.configure(vmid, guest["address"], self.gateway)
+
+    def configure(self, vmid, address, gateway, prefixlen=None):
+        """The guest's address and default route, as its OS would set them."""
+        g = self.ns(vmid)
+        sh("ip", "-n", g, "addr", "add", f"{address}/{prefixlen or self.prefixlen}", "dev",
+           "eth0")
+        sh("ip", "-n", g, "route", "add", "default", "via", gateway)
+
+    def start_dhcp_server(self):
+        """pvenat dhcp-server (dnsmasq) in the host namespace, as pvenat-dhcp.service runs
+        it, with a DNS server for the "internet" that knows www.example.test."""
+        os.chmod(self.dir, 0o755)  # dnsmasq reads its hosts file as nobody
+        self.spawn(self.inet, [self.python, NETPROBE, "dns-serve",
+                               f"www.example.test={DNS_ANSWER}"])
+        # its log goes to a file: a pipe nobody reads would fill and stop it
+        log = open(os.path.join(self.dir, "dnsmasq.log"), "w")
+        proc = subprocess.Popen(self.pvenat_argv("dhcp-server"), stdout=log, stderr=log,
+                                start_new_session=True)
+        self.procs.append(proc)
+        pid_file = os.path.join(self.dir, "state", "dnsmasq.pid")
+        for _ in range(100):
+            if os.path.exists(pid_file) and open(pid_file).read().strip():
+                return proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"pvenat dhcp-server: {open(log.name).read()}")
+            time.sleep(0.05)
+        raise RuntimeError("pvenat dhcp-server did not start")
+
+    def dhcp_client(self, vmid, attempts=3) -> dict:
+        """A real DHCP client in the guest (busybox udhcpc), its one lease as it got it
+        ({} for none); it applies nothing."""
+        script = os.path.join(self.dir, "udhcpc.script")
+        if not os.path.exists(script):
+            with open(script, "w") as f:
+                f.write('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip subnet=$subnet '
+                        'router=$router dns=$dns"\nexit 0\n')
+            os.chmod(script, 0o755)
+        out = sh("ip", "netns", "exec", self.ns(vmid), "busybox", "udhcpc", "-i", "eth0",
+                 "-f", "-q", "-n", "-t", str(attempts), "-T", "1", "-A", "1", "-s", script,
+                 check=False).stdout
+        line = next((x for x in out.splitlines() if x.startswith("ip=")), "")
+        return dict(part.split("=", 1) for part in line.split())
 
     def replug(self, vmid):
         """The guest's NIC made anew, as when a container reboots from inside: PVE runs
@@ -295,6 +340,11 @@ class Lab:
             return next(g["config"] for g in json.load(f)["guests"] if g["vmid"] == vmid)
 
     def set_config(self, vmid, **changes):
+        """Change a guest's config, keeping what the API changed meanwhile (pvenat attach)."""
+        with open(self.fixture) as f:
+            for g in json.load(f)["guests"]:
+                if g["vmid"] in self.guests:
+                    self.guests[g["vmid"]]["config"] = g["config"]
         self.guests[vmid]["config"].update(changes)
         self.write_fixture()
 
@@ -310,6 +360,7 @@ class Lab:
             f", config_dir: {self.etc_pve}, lock_dir: {self.dir}/lock, timeout: 3}}"
         with open(self.config, "w") as f:
             f.write(f"wan_bridge: vmbr0\npublic_ip: auto\nlan_bridge: {self.lan_name}\n"
+                    f"dns_servers: [{PEER_IP}]\n"
                     f"lan_address: {self.lan}\nlog_file: {self.log}\n"
                     f"pve: {pve}\n"
                     + extra)

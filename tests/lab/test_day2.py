@@ -185,11 +185,14 @@ def test_sync_and_list_start_no_pvesh(lab):
         assert subprocess.run(lab.pvenat_argv(*args, env=env), capture_output=True).returncode \
             in (0, 1)
     assert not os.path.exists(calls)
+    # 103 has no address: attach gives it the first free one, in its pvenat block
     assert subprocess.run(lab.pvenat_argv("attach", "103", env=env)).returncode == 0
-    assert open(calls).read().splitlines() == [
+    assert [line for line in open(calls).read().splitlines() if line.startswith("pvesh")] == [
         "pvesh set /nodes/pve1/qemu/103/config -hookscript local:snippets/pvenat.py "
-        "--output-format json"]
+        "--output-format json", "pvesh set /nodes/pve1/qemu/103/config -description ```pvenat"]
+    assert lab.fixture_config(103)["description"] == "```pvenat\nip: 172.22.161.1\n```"
     run(lab, "detach", "103")
+    lab.set_config(103, description="")
 
 
 def test_list(lab):
@@ -200,15 +203,15 @@ def test_list(lab):
     lab.iptables("-t", "nat", "-A", "PVENAT-104", "-p", "tcp", "-m", "tcp", "--dport",
                  "14001", "-j", "DNAT", "--to-destination", "172.22.161.174")
     assert run(lab, "list") == """\
-VMID NAME     TYPE STATUS  ADDRESS        FORWARD                                                             PROTO ALLOW LIVE  PACKETS
-101  guest101 qemu running 172.22.161.170 10000-10009                                                         tcp   -     yes   0
-101  guest101 qemu running 172.22.161.170 12223->22                                                           tcp   -     yes   2
-101  guest101 qemu running 172.22.161.170 10000-10009                                                         udp   -     yes   0
-102  guest102 lxc  running 172.22.161.171 11000                                                               tcp   -     yes   0
-102  guest102 lxc  running 172.22.161.171 11000                                                               udp   -     yes   0
-103  guest103 qemu stopped -              ERROR: guest 103: no address to forward to: its NIC on vmbr1 has no static IPv4; add 'ip: ADDRESS' to its pvenat block or set a static address on the NIC
-104  guest104 qemu running 172.22.161.174 14000                                                               tcp   -     yes   0
-104  guest104 qemu running 172.22.161.174 -p tcp -m tcp --dport 14001 -j DNAT --to-destination 172.22.161.174 -     -     stale 0
+VMID NAME     TYPE STATUS  ADDRESS        MAC               LEASE FORWARD                                                             PROTO ALLOW LIVE  PACKETS
+101  guest101 qemu running 172.22.161.170 BC:24:11:00:00:01 yes   10000-10009                                                         tcp   -     yes   0
+101  guest101 qemu running 172.22.161.170 BC:24:11:00:00:01 yes   12223->22                                                           tcp   -     yes   2
+101  guest101 qemu running 172.22.161.170 BC:24:11:00:00:01 yes   10000-10009                                                         udp   -     yes   0
+102  guest102 lxc  running 172.22.161.171 -                 -     11000                                                               tcp   -     yes   0
+102  guest102 lxc  running 172.22.161.171 -                 -     11000                                                               udp   -     yes   0
+103  guest103 qemu stopped -              -                 -     ERROR: guest 103: no address to forward to: its NIC on vmbr1 has no static IPv4; add 'ip: ADDRESS' to its pvenat block or set a static address on the NIC
+104  guest104 qemu running 172.22.161.174 -                 -     14000                                                               tcp   -     yes   0
+104  guest104 qemu running 172.22.161.174 -                 -     -p tcp -m tcp --dport 14001 -j DNAT --to-destination 172.22.161.174 -     -     stale 0
 """
     entries = json.loads(run(lab, "list", "--json"))
     assert entries[0]["forwards"][1] == {"forward": "12223->22", "proto": "tcp", "allow": [],

@@ -65,8 +65,7 @@ def run(lab, *args, rc=0):
 
 def off_the_bridge(lab):
     """Guest 101's NIC moved to vmbr0: uninstall may take vmbr1 away."""
-    lab.guests[101]["config"]["net0"] = "virtio=BC:24:11:00:00:01,bridge=vmbr0"
-    lab.write_fixture()
+    lab.set_config(101, net0="virtio=BC:24:11:00:00:01,bridge=vmbr0")
 
 
 def saved(lab):
@@ -110,7 +109,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
         "add pvenat's base rules: outbound SNAT, hairpin, jumps (iptables)",
         f"install the hookscript as {lab.root}/var/lib/vz/snippets/pvenat.py",
         "let storage 'local' hold snippets (keeping its other content types)",
-        "enable the boot unit and the sync timer"]
+        "enable pvenat.service, pvenat-sync.timer, pvenat-dhcp.service"]
     with open(os.path.join(lab.root, "etc/network/interfaces")) as f:
         assert f.read() == INTERFACES + STANZA  # everything else byte for byte
     bridge = link(lab, "vmbr1")
@@ -143,9 +142,11 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
         out.index("remove the hookscript")
     assert "hookscript" not in lab.fixture_config(101)
     assert link(lab, "vmbr1") is not None
+    assert os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))  # 101's lease
     off_the_bridge(lab)
     run(lab, "uninstall")
     assert link(lab, "vmbr1") is None
+    assert not os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))
     assert saved(lab) == rules_before
     assert lab.sh_host("cat", "/proc/sys/net/ipv4/ip_forward") == "0"
     with open(lab.fixture) as f:
@@ -171,13 +172,17 @@ def test_status_on_a_host_where_install_never_ran_is_a_checklist(lab):
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "ok   version", "ok   config", "FIX  hookscript", "FIX  bridge", "FIX  forwarding",
-        "FIX  rules", "FIX  units", "FIX  guests without the hookscript",
+        "FIX  rules", "FIX  units", "FIX  dhcp", "FIX  guests without the hookscript",
         "ok   managed guests without an address"]
     assert "FIX  bridge: vmbr1 missing or down; run 'pvenat install'" in lines
     run(lab, "install")
     assert lab.pvenat("attach", "101").returncode == 0
     assert lab.pvenat("status", "--root", lab.root).stdout.startswith("ok ")
-    assert "FIX" not in lab.pvenat("status", "--root", lab.root).stdout
+    # all set up; the DHCP server is a unit that systemd would start: here nobody does
+    assert [line for line in lab.pvenat("status", "--root", lab.root).stdout.splitlines()
+            if line.startswith("FIX")] == [
+        "FIX  dhcp: dnsmasq is not running (0 leases waiting); systemctl start pvenat-dhcp, "
+        "or see journalctl -u pvenat-dhcp"]
 
 
 def test_existing_bridge_with_another_address_is_refused(lab):

@@ -8,15 +8,18 @@ import pytest
 
 from lab import PEER_IP, PUBLIC_IP, lab_fixture
 
+HOOKSCRIPT = "local:snippets/pvenat.py"
+
 GUESTS = {
     101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:22", "tcp:80"],
           "vm_firewall": ["-p tcp -m tcp --dport 22 -j ACCEPT"],
           "config": {"description": "```pvenat\nforwards: [12222:22]\n```",
                      "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1,firewall=1",
-                     "ipconfig0": "ip=172.22.161.170/24"}},
+                     "ipconfig0": "ip=172.22.161.170/24", "hookscript": HOOKSCRIPT}},
     102: {"kind": "lxc", "address": "172.22.161.171", "serve": ["tcp:11000"],
-          "config": {"tags": "pvenat-11000", "net0": "name=eth0,bridge=vmbr1,"
-                     "hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,firewall=1,type=veth"}},
+          "config": {"tags": "pvenat-11000", "hookscript": HOOKSCRIPT, "net0": "name=eth0,"
+                     "bridge=vmbr1,hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,firewall=1,"
+                     "type=veth"}},
 }
 
 

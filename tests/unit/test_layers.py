@@ -9,9 +9,10 @@ import pvehook
 
 LAYERS = [
     ("base", {"__init__", "errors", "files", "logs", "ports", "yamlstrict"}),
-    ("model", {"config", "spec", "plan", "ruleset"}),
-    ("adapters", {"netfilter", "index", "plancache", "pve", "pvesh", "pveconf", "hostnet"}),
-    ("commands", {"context", "hook", "sync", "listing", "status", "cli", "__main__",
+    ("model", {"config", "spec", "plan", "ruleset", "leases"}),
+    ("adapters", {"netfilter", "index", "plancache", "pve", "pvesh", "pveconf", "hostnet",
+                  "dhcp"}),
+    ("commands", {"context", "hook", "sync", "listing", "status", "cli", "__main__", "attach",
                   "install"}),
 ]
 PACKAGE = os.path.dirname(pvehook.__file__)

@@ -1,7 +1,7 @@
 """The installed package's life on a node: install -> attach -> upgrade -> remove ->
-start. Runs in the package test's own Debian root (tests/package-test), as root: it
-installs, upgrades and removes the package there, and links the root's /etc/pve and
-/var/lib/vz to the lab's."""
+start. Run by tests/package-test in its own Debian root, as root (not named test_*: a
+plain test run does not collect it): it installs, upgrades and removes the package there,
+and links that root's /etc/pve and /var/lib/vz to the lab's."""
 
 import glob
 import os

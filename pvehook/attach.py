@@ -1,0 +1,160 @@
+"""pvenat attach / detach: the guests' hookscript option, and an address on lan_bridge for a
+guest that has none, written into the guest's config, so that PVE's config stays the one
+source of truth (and its DHCP lease follows from it).
+
+Both write as root through pvesh: only root@pam may set a hookscript (qemu-server
+PVE/API2/Qemu.pm, pve-container PVE/LXC.pm). Addresses are taken from every node's guest
+configs: a guest takes its address along when it migrates.
+"""
+
+import ipaddress
+
+from . import hostnet, spec
+from .context import HOOKSCRIPT
+from .errors import PvenatError
+from .plan import plan_for
+from .pveconf import ConfigFiles
+
+
+def attach(ctx, vmids, force: bool, ip: str | None = None) -> list[str]:
+    node = ctx.host.pve.node_name()
+    out = []
+    for vmid in vmids:
+        guest = ctx.configs.guest(node, vmid)
+        _check_other_hookscript(guest, force)
+        lines = []
+        if guest.config.get("hookscript") != HOOKSCRIPT:
+            ctx.api.set_config(node, guest, hookscript=HOOKSCRIPT)
+            lines.append(f"hookscript set to {HOOKSCRIPT}")
+        if ctx.host.dhcp or ip:
+            address = give_address(ctx, node, guest, ip)
+            if address:
+                lines.append(address)
+        if not lines:
+            out.append(f"pvenat: {vmid}: already attached")
+            continue
+        running = vmid in hostnet.guests_here(ctx.places.sysfs)
+        out.append(f"pvenat: {vmid}: {'; '.join(lines)}" + (
+            "; it is running: restart it, or run 'pvenat sync' to apply now" if running
+            else ""))
+    return out
+
+
+def detach(ctx, vmids, force: bool) -> list[str]:
+    node = ctx.host.pve.node_name()
+    out = []
+    for vmid in vmids:
+        guest = ctx.configs.guest(node, vmid)
+        _check_other_hookscript(guest, force)
+        if guest.config.get("hookscript") is None:
+            out.append(f"pvenat: {vmid}: already detached")
+            continue
+        ctx.api.set_config(node, guest, delete="hookscript")
+        out.append(f"pvenat: {vmid}: hookscript cleared")
+    return out
+
+
+def _check_other_hookscript(guest, force):
+    have = guest.config.get("hookscript")
+    if have not in (None, HOOKSCRIPT) and not force:
+        raise PvenatError("conflict", f"guest {guest.vmid} has another hookscript ({have}); "
+                          "pvenat leaves it alone unless you add --force")
+
+
+def give_address(ctx, node, guest, wanted: str | None) -> str:
+    """The guest's address on lan_bridge: ``wanted``, or when it has none the first free
+    one. Written into its config; '' when nothing changed."""
+    host = ctx.host
+    if not any(n.bridge == host.lan_bridge for n in spec.nics(guest.kind, guest.config)):
+        if wanted:
+            raise PvenatError("spec", f"guest {guest.vmid}: no NIC on {host.lan_bridge}; "
+                              f"give it one (bridge={host.lan_bridge}) first")
+        return ""
+    have = address_of(guest, host)
+    if have and (not wanted or wanted == have):
+        return ""
+    used = {ip: vmid for ip, vmid in used_addresses(ctx).items() if vmid != guest.vmid}
+    if wanted:
+        ip = _check_wanted(guest.vmid, wanted, host, used)
+    else:
+        ip = first_free(host, used)
+    option, value = address_option(guest, ip, host)
+    ctx.api.set_config(node, guest, **{option: value})
+    return f"address {ip} ({option})"
+
+
+def address_of(guest, host) -> str | None:
+    """The address pvenat uses for the guest: its plan's, else its NIC's static one."""
+    try:
+        plan = plan_for(guest, host)
+    except PvenatError:
+        plan = None
+    return plan.address if plan else spec.nic_address(guest.kind, guest.config,
+                                                      host.lan_bridge)
+
+
+def used_addresses(ctx) -> dict[str, int]:
+    """Every address on the lan subnet that a guest of the cluster has: address -> VMID.
+    From every node's .conf files, whatever config_source says: one pvesh per guest of
+    the cluster would take minutes."""
+    out = {}
+    files = ConfigFiles(ctx.host.pve.config_dir, ctx.places.sysfs)
+    for node, info in files.cluster():
+        try:
+            guest = files.guest(node, info.vmid, info.kind)
+        except PvenatError:
+            continue
+        ip = address_of(guest, ctx.host)
+        if ip:
+            out.setdefault(ip, info.vmid)
+    return out
+
+
+def first_free(host, used) -> str:
+    net = host.lan_network
+    first, last = (ipaddress.IPv4Address(a) for a in host.dhcp_range) if host.dhcp_range \
+        else (None, None)
+    for ip in net.hosts():
+        if ip == host.lan_address.ip or str(ip) in used or (first and first <= ip <= last):
+            continue
+        return str(ip)
+    raise PvenatError("spec", f"no free address left in {net}; give a guest one that another "
+                      "does not use with 'pvenat attach --ip ADDRESS', or make the subnet "
+                      "larger (lan_address)")
+
+
+def _check_wanted(vmid, wanted, host, used) -> str:
+    try:
+        ip = ipaddress.IPv4Address(wanted)
+    except ValueError:
+        raise PvenatError("usage", f"--ip {wanted!r} is not an IPv4 address") from None
+    net = host.lan_network
+    if ip not in net or ip in (net.network_address, net.broadcast_address,
+                               host.lan_address.ip):
+        raise PvenatError("spec", f"guest {vmid}: address {ip} is not a guest address of "
+                          f"{net} (not its network, broadcast or host address)")
+    if str(ip) in used:
+        raise PvenatError("conflict", f"guest {vmid}: address {ip} is guest "
+                          f"{used[str(ip)]}'s already; pick another (or leave out --ip)")
+    return str(ip)
+
+
+def address_option(guest, ip: str, host) -> tuple[str, str]:
+    """Where the address goes in the guest's config: an LXC NIC's ip= (PVE sets it inside
+    the container), a QEMU guest's cloud-init ipconfigN when it has cloud-init, else the
+    pvenat block's ip: (and the guest takes it by DHCP)."""
+    prefix, gateway = host.lan_network.prefixlen, host.lan_address.ip
+    nic = next(n for n in spec.nics(guest.kind, guest.config) if n.bridge == host.lan_bridge)
+    key = f"net{nic.index}"
+    if guest.kind == "lxc":
+        opts = [part for part in guest.config[key].split(",")
+                if not part.startswith(("ip=", "gw="))]
+        return key, ",".join(opts + [f"ip={ip}/{prefix}", f"gw={gateway}"])
+    if _has_cloudinit(guest.config) or f"ipconfig{nic.index}" in guest.config:
+        return f"ipconfig{nic.index}", f"ip={ip}/{prefix},gw={gateway}"
+    return "description", spec.with_ip(guest.config.get("description", ""), ip)
+
+
+def _has_cloudinit(config) -> bool:
+    return any("cloudinit" in str(v) for k, v in config.items()
+               if k.startswith(("ide", "scsi", "sata")))

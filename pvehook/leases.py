@@ -1,0 +1,83 @@
+"""DHCP leases as data: which MAC gets which address on lan_bridge.
+
+Pure: a guest's config gives its leases, a set of leases gives dnsmasq's hosts file
+(--dhcp-hostsfile), and the file gives the set back. A lease is fixed: a guest keeps its
+address when it stops, and PVE's config, where the address is written, stays the one
+source of truth.
+"""
+
+import re
+from typing import NamedTuple
+
+from .errors import PvenatError
+from .spec import nic_address, nics
+
+_LINE = re.compile(r"([0-9A-F:]{17}),([0-9.]+)(?:,([a-z0-9-]+))?")
+_OWNER = re.compile(r"# guest ([0-9]+)")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class Lease(NamedTuple):
+    vmid: int
+    mac: str  # upper case, as pvenat reads it from netN
+    ip: str
+    name: str  # the guest's name as a DNS label, or ""
+
+
+def leases_for(guest, plan, host) -> list[Lease]:
+    """The guest's leases: its NICs on lan_bridge that have a MAC, at its address (its
+    plan's, else its NIC's static one); none with dhcp off or without an address."""
+    if not host.dhcp:
+        return []
+    address = plan.address if plan else nic_address(guest.kind, guest.config, host.lan_bridge)
+    return guest_leases(guest, address, host.lan_bridge)
+
+
+def guest_leases(guest, address: str | None, bridge: str) -> list[Lease]:
+    """The leases of a guest whose NICs on ``bridge`` have a MAC: all at its ``address``
+    (pvenat gives a guest one address on the lan bridge)."""
+    if address is None:
+        return []
+    name = (guest.config.get("name") or guest.config.get("hostname") or "").lower()
+    name = name if _LABEL.fullmatch(name) else ""
+    return [Lease(guest.vmid, nic.mac, address, name)
+            for nic in nics(guest.kind, guest.config) if nic.bridge == bridge and nic.mac]
+
+
+def render(leases) -> str:
+    """dnsmasq's hosts file, in VMID order: '# guest VMID' (for pvenat), then MAC,IP[,NAME]
+    (a name lets dnsmasq answer DNS for the guest). Not a set:TAG field: dnsmasq 2.90
+    crashes on SIGHUP once a lease from such a line is given."""
+    return "".join(f"# guest {lease.vmid}\n{lease.mac},{lease.ip}"
+                   + (f",{lease.name}" if lease.name else "") + "\n"
+                   for lease in sorted(leases, key=lambda lease: (lease.vmid, lease.mac)))
+
+
+def parse(text: str) -> list[Lease]:
+    out, owner = [], None
+    for line in text.splitlines():
+        m = _OWNER.fullmatch(line.strip())
+        if m:
+            owner = int(m.group(1))
+            continue
+        m = _LINE.fullmatch(line.strip())
+        if m and owner is not None:
+            out.append(Lease(owner, m.group(1), m.group(2), m.group(3) or ""))
+        owner = None
+    return out
+
+
+def check(mine: list[Lease], others) -> None:
+    """Refuse leases whose address or MAC another guest holds: two guests never share one."""
+    for lease in mine:
+        for other in others:
+            if other.vmid == lease.vmid:
+                continue
+            if other.ip == lease.ip:
+                raise PvenatError("conflict", f"guest {lease.vmid}: address {lease.ip} is "
+                                  f"already guest {other.vmid}'s (its DHCP lease); give one "
+                                  "of them another address ('pvenat attach --ip ADDRESS')")
+            if other.mac == lease.mac:
+                raise PvenatError("conflict", f"guest {lease.vmid}: MAC {lease.mac} is also "
+                                  f"guest {other.vmid}'s; give one of them another MAC "
+                                  "(PVE makes a new one when the NIC's address is left empty)")

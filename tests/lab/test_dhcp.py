@@ -1,0 +1,133 @@
+"""DHCP and DNS on the lan bridge, with real packets: guests that ask (busybox udhcpc) get
+exactly their address, the gateway and the DNS server; resolve names through dnsmasq;
+reach the internet and are reached through their forwards. On both NIC layouts."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from lab import DNS_ANSWER, NETPROBE, PEER_IP, PUBLIC_IP, lab_fixture, sh
+
+MACS = {vmid: f"BC:24:11:00:01:{vmid - 100:02X}" for vmid in (101, 102, 103, 104, 105)}
+
+
+def guests(firewall: bool):
+    fw = ",firewall=1" if firewall else ""
+    return {
+        # a VM installed from an ISO: its address is in the pvenat block, it asks by DHCP
+        101: {"kind": "qemu", "address": "dhcp", "serve": ["tcp:22"], "config": {
+            "description": "```pvenat\nip: 172.22.161.170\nforwards: [12222:22]\n```",
+            "net0": f"virtio={MACS[101]},bridge=vmbr1{fw}"}},
+        # a container with no address at all: pvenat attach gives it one
+        102: {"kind": "lxc", "address": "dhcp", "serve": ["tcp:80"], "config": {
+            "net0": f"name=eth0,bridge=vmbr1,hwaddr={MACS[102]},type=veth{fw}"}},
+        # not pvenat's: no lease
+        103: {"kind": "qemu", "address": "dhcp", "config": {
+            "net0": f"virtio={MACS[103]},bridge=vmbr1{fw}"}},
+        104: {"kind": "qemu", "config": {"net0": f"virtio={MACS[104]},bridge=vmbr1{fw}"}},
+        105: {"kind": "qemu", "config": {"net0": f"virtio={MACS[105]},bridge=vmbr1{fw}"}},
+    }
+
+
+@pytest.fixture(scope="module", params=[False, True],
+                ids=["on lan bridge", "behind firewall bridges"])
+def lab(request):
+    for lab in lab_fixture(guests(request.param), firewall="iptables" if request.param
+                           else None, prefix=f"pvd{os.getpid() % 100000}"):
+        lab.start_dhcp_server()
+        yield lab
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def test_guests_get_their_address_gateway_and_dns(lab):
+    running = "; it is running: restart it, or run 'pvenat sync' to apply now"
+    assert ok(lab.pvenat("attach", "101")) == \
+        "pvenat: 101: hookscript set to local:snippets/pvenat.py" + running
+    assert ok(lab.pvenat("attach", "102")) == ("pvenat: 102: hookscript set to "
+                                               "local:snippets/pvenat.py; address "
+                                               "172.22.161.1 (net0)" + running)
+    assert "ip=172.22.161.1/24,gw=172.22.161.254" in lab.fixture_config(102)["net0"]
+    assert ok(lab.hook(101, "pre-start")) == \
+        "pvenat: 101 -> 172.22.161.170 via 203.0.113.10: tcp 12222->22"
+    assert ok(lab.hook(102, "pre-start")) == \
+        f"pvenat: 102: DHCP lease 172.22.161.1 for {MACS[102]}"
+    for vmid in (101, 102):
+        ok(lab.hook(vmid, "post-start"))
+
+    lease = lab.dhcp_client(101)
+    assert lease == {"ip": "172.22.161.170", "subnet": "255.255.255.0",
+                     "router": "172.22.161.254", "dns": "172.22.161.254"}
+    lab.configure(101, lease["ip"], lease["router"], 24)
+    assert lab.dhcp_client(102)["ip"] == "172.22.161.1"
+    lab.configure(102, "172.22.161.1", "172.22.161.254", 24)
+    assert lab.dhcp_client(103) == {}  # a MAC pvenat does not know gets nothing
+
+    # names through dnsmasq, which asks the host's upstream (here the internet's server)
+    probe = ["ip", "netns", "exec", lab.ns(101), lab.python, NETPROBE, "resolve",
+             "172.22.161.254"]
+    assert sh(*probe, "www.example.test").stdout.strip() == DNS_ANSWER
+    assert sh(*probe, "nothing.example.test").stdout.strip() == "nxdomain"
+    # out through SNAT, in through the forward, and to each other
+    assert lab.probe(lab.ns(101), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert lab.probe(lab.ns(101), "tcp", "172.22.161.1", 80) == "g102 172.22.161.170"
+
+    # the list and status say so
+    listing = ok(lab.pvenat("list")).splitlines()
+    assert any(line.split()[:7] == ["102", "guest102", "lxc", "running", "172.22.161.1",
+                                    MACS[102], "yes"] for line in listing)
+    status = lab.pvenat("status").stdout
+    assert "ok   dhcp: dnsmasq " in status and "2 leases" in status
+
+
+def test_two_guests_never_get_one_address(lab):
+    result = lab.pvenat("attach", "--ip", "172.22.161.170", "104")
+    assert result.returncode == 1 and result.stderr == (
+        "pvenat: error: guest 104: address 172.22.161.170 is guest 101's already; pick "
+        "another (or leave out --ip)\n")
+    assert "hookscript" in lab.fixture_config(104)  # attached, without an address
+    # 105's config is given 102's address by hand: its start is refused, naming both
+    lab.set_config(105, hookscript="local:snippets/pvenat.py", ipconfig0="ip=172.22.161.1/24")
+    result = lab.hook(105, "pre-start")
+    assert result.returncode == 1 and "guest 105: address 172.22.161.1 is already guest " \
+        "102's (its DHCP lease)" in result.stderr
+
+
+def test_leases_stay_when_a_guest_stops_and_sync_keeps_them(lab):
+    ok(lab.hook(102, "post-stop"))
+    assert lab.dhcp_client(102)["ip"] == "172.22.161.1"
+    before = open(os.path.join(lab.dir, "state", "dhcp-hosts")).read()
+    assert MACS[102] in before
+    sync = lab.pvenat("sync")  # 105's conflict is reported, nothing else changes
+    assert "guest 105 left as it was: guest 105: address 172.22.161.1 is already guest " \
+        "102's" in sync.stdout
+    assert open(os.path.join(lab.dir, "state", "dhcp-hosts")).read() == before
+
+
+def test_no_request_is_lost_while_the_leases_are_reloaded(lab):
+    """100 reloads (SIGHUP, as every lease change sends) while a guest asks 100 times,
+    one DISCOVER each: every one is answered."""
+    pid = int(open(os.path.join(lab.dir, "state", "dnsmasq.pid")).read())
+    reloads, done = [0], threading.Event()
+
+    def reload():
+        while not done.is_set() or reloads[0] < 100:
+            os.kill(pid, signal.SIGHUP)
+            reloads[0] += 1
+            done.wait(0.01)
+
+    thread = threading.Thread(target=reload)
+    thread.start()
+    try:
+        answers = [lab.dhcp_client(102, attempts=1).get("ip") for _ in range(100)]
+    finally:
+        done.set()
+        thread.join()
+    assert reloads[0] >= 100
+    assert answers == ["172.22.161.1"] * 100

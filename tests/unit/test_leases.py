@@ -1,0 +1,98 @@
+"""DHCP as data: leases from guest configs, dnsmasq's hosts file and command line, and
+where attach writes an address."""
+
+import pytest
+
+from pvehook import attach, dhcp, leases
+from pvehook.config import HostConfig
+from pvehook.context import Places
+from pvehook.errors import PvenatError
+from pvehook.plan import plan_for
+from pvehook.pve import Guest
+from pvehook.spec import parse, with_ip
+
+HOST = HostConfig()
+QEMU = Guest(101, "qemu", {"name": "Web-1", "net0": "virtio=bc:24:11:00:00:01,bridge=vmbr1",
+                           "net1": "virtio=BC:24:11:00:00:02,bridge=vmbr0",
+                           "description": "```pvenat\nip: 172.22.161.170\n```"})
+LXC = Guest(102, "lxc", {"hostname": "db", "net0": "name=eth0,bridge=vmbr1,"
+                         "hwaddr=BC:24:11:00:00:03,ip=172.22.161.171/24,type=veth"})
+
+
+def test_leases_of_the_nics_on_the_lan_bridge_at_the_guests_address():
+    assert leases.leases_for(QEMU, plan_for(QEMU, HOST), HOST) == [
+        leases.Lease(101, "BC:24:11:00:00:01", "172.22.161.170", "web-1")]
+    assert leases.leases_for(LXC, None, HOST) == [
+        leases.Lease(102, "BC:24:11:00:00:03", "172.22.161.171", "db")]
+    assert leases.leases_for(LXC, None, HOST._replace(dhcp=False)) == []
+    no_address = Guest(103, "qemu", {"net0": "virtio=BC:24:11:00:00:04,bridge=vmbr1"})
+    assert leases.leases_for(no_address, None, HOST) == []
+
+
+def test_hosts_file_round_trip():
+    held = leases.leases_for(QEMU, plan_for(QEMU, HOST), HOST) + \
+        leases.leases_for(LXC, None, HOST)
+    text = leases.render(held)
+    assert text == ("# guest 101\nBC:24:11:00:00:01,172.22.161.170,web-1\n"
+                    "# guest 102\nBC:24:11:00:00:03,172.22.161.171,db\n")
+    assert leases.parse(text + "garbage\n") == held
+
+
+def test_two_guests_never_share_an_address_or_a_mac():
+    mine = [leases.Lease(104, "BC:24:11:00:00:09", "172.22.161.170", "")]
+    held = [leases.Lease(101, "BC:24:11:00:00:01", "172.22.161.170", "web")]
+    with pytest.raises(PvenatError, match="guest 104: address 172.22.161.170 is already "
+                       "guest 101's"):
+        leases.check(mine, held)
+    with pytest.raises(PvenatError, match="guest 104: MAC BC:24:11:00:00:01 is also guest "
+                       "101's"):
+        leases.check([mine[0]._replace(mac="BC:24:11:00:00:01", ip="172.22.161.9")], held)
+    leases.check(mine, [held[0]._replace(vmid=104)])  # its own old lease is no conflict
+
+
+def test_dnsmasq_binds_the_lan_bridge_alone():
+    argv = dhcp.argv(HOST._replace(dns_servers=("203.0.113.1",),
+                                   dhcp_range=("172.22.161.100", "172.22.161.199")),
+                     Places(state_dir="/run/pvenat"))
+    assert "--interface=vmbr1" in argv and "--bind-dynamic" in argv
+    assert "--dhcp-range=172.22.161.0,static,255.255.255.0,12h" in argv
+    assert "--dhcp-range=172.22.161.100,172.22.161.199,255.255.255.0,12h" in argv
+    assert "--dhcp-option=option:router,172.22.161.254" in argv
+    assert argv[-2:] == ["--no-resolv", "--server=203.0.113.1"]
+    assert not [a for a in argv if "vmbr0" in a or "203.0.113.10" in a]
+
+
+@pytest.mark.parametrize("notes,ip,want", [
+    ("", "172.22.161.5", "```pvenat\nip: 172.22.161.5\n```"),
+    ("Web server.\n", "172.22.161.5", "Web server.\n\n```pvenat\nip: 172.22.161.5\n```"),
+    ("x\n```pvenat\nforwards: [443]\n```\ny", "172.22.161.5",
+     "x\n```pvenat\nip: 172.22.161.5\nforwards: [443]\n```\ny"),
+    ("```pvenat\nip: 172.22.161.9  # old\nforwards: [443]\n```", "172.22.161.5",
+     "```pvenat\nip: 172.22.161.5\nforwards: [443]\n```"),
+])
+def test_an_address_into_the_pvenat_block(notes, ip, want):
+    assert with_ip(notes, ip) == want
+    assert parse(101, want, "").ip == ip
+
+
+def test_where_attach_writes_an_address():
+    assert attach.address_option(LXC, "172.22.161.9", HOST) == (
+        "net0", "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:03,type=veth,"
+        "ip=172.22.161.9/24,gw=172.22.161.254")
+    cloudinit = Guest(105, "qemu", {"net0": "virtio=BC:24:11:00:00:05,bridge=vmbr1",
+                                    "ide2": "local-lvm:vm-105-cloudinit,media=cdrom"})
+    assert attach.address_option(cloudinit, "172.22.161.9", HOST) == (
+        "ipconfig0", "ip=172.22.161.9/24,gw=172.22.161.254")
+    iso = Guest(106, "qemu", {"net0": "virtio=BC:24:11:00:00:06,bridge=vmbr1"})
+    assert attach.address_option(iso, "172.22.161.9", HOST) == (
+        "description", "```pvenat\nip: 172.22.161.9\n```")
+
+
+def test_the_first_free_address_skips_the_host_the_range_and_the_taken():
+    host = HOST._replace(dhcp_range=("172.22.161.3", "172.22.161.100"))
+    assert attach.first_free(host, {"172.22.161.1": 101}) == "172.22.161.2"
+    assert attach.first_free(host, {"172.22.161.1": 101, "172.22.161.2": 102}) == \
+        "172.22.161.101"
+    full = {f"172.22.161.{i}": i for i in range(1, 254)}
+    with pytest.raises(PvenatError, match="no free address left in 172.22.161.0/24"):
+        attach.first_free(HOST, full)
