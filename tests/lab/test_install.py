@@ -129,6 +129,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     lab.add_guest(101)
     assert lab.probe(lab.ns(101), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
     assert lab.hook(101, "pre-start").returncode == 0
+    assert os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))  # 101's lease
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     assert lab.hook(101, "post-stop").returncode == 0
 
@@ -142,7 +143,6 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
         out.index("remove the hookscript")
     assert "hookscript" not in lab.fixture_config(101)
     assert link(lab, "vmbr1") is not None
-    assert os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))  # 101's lease
     off_the_bridge(lab)
     run(lab, "uninstall")
     assert link(lab, "vmbr1") is None
