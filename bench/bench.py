@@ -4,9 +4,11 @@
    and hooks of an unmanaged guest;
 2. sync: creating 1,000 guests' rules from nothing, and finding nothing to change, beside
    iptables-restore loading the identical rule set;
-3. data path: new TCP connections per second through a forward with 1 and with 1,000
+3. DHCP: the lease step of a pre-start and of a full sync at 1,000 leases, dnsmasq
+   running;
+4. data path: new TCP connections per second through a forward with 1 and with 1,000
    guests forwarded, alternating the two setups;
-4. memory: peak RSS of a hook and of a full sync at 1,000 guests.
+5. memory: peak RSS of a hook and of a full sync at 1,000 guests.
 
 Guest configs are .conf files and a guest runs when its NIC exists
 (pve.config_source: files), as on a node with /etc/pve: each running guest without a
@@ -23,7 +25,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "lab"))
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests", "lab")]
 from lab import PUBLIC_IP, Lab, sh  # noqa: E402
 
 OTHERS = 1000
@@ -39,9 +41,11 @@ def other_guests():
         address = f"172.22.{4 + i // 250}.{i % 250 + 1}"
         notes = (f"```pvenat\nforwards:\n  - {base}-{base + 4}\n  - {base}-{base + 4}/udp\n"
                  f"  - {base + 5}:22\n```")
-        net = (f"name=eth0,bridge=vmbr1,ip={address}/16" if i % 2 else
-               "virtio=BC:24:11:00:00:01,bridge=vmbr1")
-        config = {"description": notes, "net0": net}
+        mac = f"BC:24:11:10:{i // 256:02X}:{i % 256:02X}"
+        net = (f"name=eth0,bridge=vmbr1,hwaddr={mac},ip={address}/16" if i % 2 else
+               f"virtio={mac},bridge=vmbr1")
+        # every guest has pvenat's hookscript, so every one has a DHCP lease
+        config = {"description": notes, "net0": net, "hookscript": "local:snippets/pvenat.py"}
         if not i % 2:
             config["ipconfig0"] = f"ip={address}/16"
         out[vmid] = {"kind": "lxc" if i % 2 else "qemu", "status": "stopped", "config": config}
@@ -54,7 +58,7 @@ def guests():
     g[TARGET] = {"kind": "qemu", "address": "172.22.1.10", "config": {
         "description": f"```pvenat\nforwards: [{PORT}:80, 16000-16009/both]\n```",
         "net0": "virtio=BC:24:11:00:01:01,bridge=vmbr1,firewall=1",
-        "ipconfig0": "ip=172.22.1.10/16"},
+        "ipconfig0": "ip=172.22.1.10/16", "hookscript": "local:snippets/pvenat.py"},
         "vm_firewall": ["-p tcp -m tcp --dport 80 -j ACCEPT"]}
     g[UNMANAGED] = {"kind": "qemu", "config": {"description": "not managed", "tags": "web"}}
     return g
@@ -178,6 +182,43 @@ def bench_pvesh(lab, report):
     return [("no pvesh process in a sync or a list", count == 0, str(count))]
 
 
+def bench_leases(lab, report):
+    """The DHCP side at 1,000 leases, with dnsmasq running: the lease step of a pre-start
+    (read the hosts file, check, write it with one more lease, SIGHUP) and of a full sync
+    (the whole lease set written from nothing), each timed in this process."""
+    from pvehook import config, dhcp, leases, sync
+    from pvehook.context import Places, context
+    running(lab, OTHERS)
+    places = Places(state_dir=os.path.join(lab.dir, "state"))
+    host = config.load(lab.config, places.state_dir)
+    ctx = context(host, places)
+    everyone = dhcp.read(places)
+    mine = [lease for lease in everyone if lease.vmid == TARGET]
+    others = [lease for lease in everyone if lease.vmid != TARGET]
+    assert len(everyone) > OTHERS and mine, "sync made no leases"
+    step, full = [], []
+    for _ in range(RUNS * 3):
+        dhcp.write(places, others)
+        start = time.perf_counter()
+        held = dhcp.read(places)
+        leases.check(mine, held)
+        dhcp.write(places, [lease for lease in held if lease.vmid != TARGET] + mine)
+        step.append(time.perf_counter() - start)
+        os.remove(dhcp.path(places, dhcp.HOSTS))
+        result = sync.SyncResult()
+        start = time.perf_counter()
+        sync.apply_leases(ctx, everyone, result, dry_run=False)
+        full.append(time.perf_counter() - start)
+        assert len(result.leases) == len(everyone)
+    assert dhcp.server_pid(places), "dnsmasq is not running"
+    report(f"DHCP, {len(everyone)} leases: a pre-start's lease step {median(step) * 1000:.1f} "
+           f"ms; a full sync's lease set {median(full) * 1000:.1f} ms (dnsmasq told by SIGHUP)")
+    return [("pre-start lease step <= 50 ms", median(step) <= 0.05,
+             f"{median(step) * 1000:.1f} ms"),
+            ("full sync lease set <= 0.2 s", median(full) <= 0.2,
+             f"{median(full) * 1000:.1f} ms")]
+
+
 def bench_datapath(lab, report, binary):
     seconds, rounds = 4, 5
     sh("ip", "netns", "exec", lab.host, "sysctl", "-qw",
@@ -219,6 +260,7 @@ def main():
     lab = Lab(guests(), lan="172.22.0.254/16", firewall="iptables")
     bars = []
     try:
+        lab.start_dhcp_server()
         lab.spawn(lab.ns(TARGET), ["taskset", "-c", "0", binary, "sink", "80"])
         from importlib.metadata import version
         print(f"pvenat bench: {OTHERS} other guests, median of {RUNS} runs, python "
@@ -230,12 +272,14 @@ def main():
         def report(line):
             print("  " + line, flush=True)
 
-        parts = sys.argv[1:] or ["hooks", "sync", "datapath"]
+        parts = sys.argv[1:] or ["hooks", "sync", "dhcp", "datapath"]
         if "hooks" in parts:
             bars += bench_hooks(lab, report)
         if "sync" in parts:
             bars += bench_sync(lab, report)
             bars += bench_pvesh(lab, report)
+        if "dhcp" in parts:
+            bars += bench_leases(lab, report)
         if "datapath" in parts:
             bars += bench_datapath(lab, report, binary)
     finally:
