@@ -25,6 +25,7 @@ def argv(host, places) -> list[str]:
     # its log to stderr: the journal, under pvenat-dhcp.service
     out = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
            f"--pid-file={path(places, PID)}", f"--interface={host.lan_bridge}",
+           "--except-interface=lo",  # else it takes 127.0.0.1:53 and [::1]:53 as well
            "--bind-dynamic", "--dhcp-authoritative", "--domain-needed", "--bogus-priv",
            "--no-hosts",
            f"--dhcp-range={net.network_address},static,{net.netmask},12h",

@@ -3,7 +3,8 @@
 serve NAME PROTO:PORT ...   answer every TCP connection or UDP datagram with
                             "NAME SOURCE-IP" (who was reached, and whom it saw)
 tcp|udp HOST PORT [SRC]     connect or send once; print the answer, "refused" or "timeout"
-dns-serve NAME=IP ...       a DNS server on UDP 53 that knows these A records, nothing else
+dns-serve [@ADDR] NAME=IP ...  a DNS server on UDP 53 (of ADDR, else every address) that
+                            knows these A records, nothing else
 resolve SERVER NAME         ask SERVER for NAME's A record; print the address, "nxdomain"
                             or "timeout"
 """
@@ -71,9 +72,10 @@ def _qname(data: bytes, at: int) -> tuple[str, int]:
 
 
 def dns_serve(records):
+    address = records.pop(0)[1:] if records and records[0].startswith("@") else "0.0.0.0"
     known = dict(r.split("=") for r in records)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 53))
+    s.bind((address, 53))
     print("ready", flush=True)
     while True:
         query, peer = s.recvfrom(512)

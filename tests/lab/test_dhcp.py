@@ -36,8 +36,22 @@ def guests(firewall: bool):
 def lab(request):
     for lab in lab_fixture(guests(request.param), firewall="iptables" if request.param
                            else None, prefix=f"pvd{os.getpid() % 100000}"):
+        # the host's own DNS services, there first: systemd-resolved's stub on 127.0.0.53,
+        # and a resolver on the public address
+        for address in ("127.0.0.53", PUBLIC_IP):
+            lab.spawn(lab.host, [lab.python, NETPROBE, "dns-serve", f"@{address}",
+                                 f"host.example.test={address}"])
         lab.start_dhcp_server()
         yield lab
+
+
+def test_the_server_is_on_the_lan_bridge_alone_beside_the_hosts_own(lab):
+    sockets = sh("ip", "netns", "exec", lab.host, "ss", "-H", "-lnup").stdout
+    theirs = [line.split()[3] for line in sockets.splitlines() if "dnsmasq" in line]
+    assert sorted(theirs) == ["0.0.0.0%vmbr1:67", "172.22.161.254:53"]
+    for address in ("127.0.0.53", PUBLIC_IP):  # the host's own still answer
+        assert sh("ip", "netns", "exec", lab.host, lab.python, NETPROBE, "resolve", address,
+                  "host.example.test").stdout.strip() == address
 
 
 def ok(result):
