@@ -79,10 +79,12 @@ def pve_root(root: str) -> str:
     os.makedirs(f"{root}/etc/network")
     with open(f"{root}/etc/network/interfaces", "w") as f:
         f.write(PVE_INTERFACES)
-    os.makedirs(f"{root}/lib/systemd/system")
+    # merged /usr, as bookworm and trixie are: trixie's systemctl looks in /usr/lib alone
+    os.makedirs(f"{root}/usr/lib/systemd/system")
+    os.symlink("usr/lib", f"{root}/lib")
     for unit in ("pvenat.service", "pvenat-sync.service", "pvenat-sync.timer",
                  "pvenat-dhcp.service"):
-        shutil.copy(os.path.join(REPO, "systemd", unit), f"{root}/lib/systemd/system")
+        shutil.copy(os.path.join(REPO, "systemd", unit), f"{root}/usr/lib/systemd/system")
     return root
 
 
