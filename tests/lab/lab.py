@@ -141,6 +141,7 @@ class Lab:
         self.fixture = os.path.join(self.dir, "pve.json")
         self.config = os.path.join(self.dir, "pvenat.yaml")
         self.log = os.path.join(self.dir, "pvenat.log")
+        self.state = os.path.join(self.dir, "state")  # PVENAT_STATE_DIR of every run
         self.etc_pve = os.path.join(self.dir, "etc-pve")
         try:
             self._build(br_netfilter)
@@ -151,15 +152,15 @@ class Lab:
     def ns(self, vmid):
         return f"{self.prefix}-g{vmid}"
 
-    def _netns(self, name):
+    def netns(self, name):
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
     def _build(self, br_netfilter):
         h = self.host
-        self._netns(h)
-        self._netns(self.inet)
+        self.netns(h)
+        self.netns(self.inet)
         lan = [["link", "add", "vmbr1", "type", "bridge"],
                ["addr", "add", self.lan, "dev", "vmbr1"],
                ["link", "set", "vmbr1", "up"]] if self.lan_bridge else []
@@ -208,7 +209,7 @@ class Lab:
 
     def add_guest(self, vmid):
         """The guest's namespace, its NIC plugged as PVE plugs it, its servers."""
-        self._netns(self.ns(vmid))
+        self.netns(self.ns(vmid))
         self.plug(vmid)
         self.serve(self.ns(vmid), f"g{vmid}", self.guests[vmid].get("serve", []))
 
@@ -246,7 +247,7 @@ class Lab:
         proc = subprocess.Popen(self.pvenat_argv("dhcp-server"), stdout=log, stderr=log,
                                 start_new_session=True)
         self.procs.append(proc)
-        pid_file = os.path.join(self.dir, "state", "dnsmasq.pid")
+        pid_file = os.path.join(self.state, "dnsmasq.pid")
         for _ in range(100):
             if os.path.exists(pid_file) and open(pid_file).read().strip():
                 return proc
@@ -255,18 +256,18 @@ class Lab:
             time.sleep(0.05)
         raise RuntimeError("pvenat dhcp-server did not start")
 
-    def dhcp_client(self, vmid, attempts=3) -> dict:
-        """A real DHCP client in the guest (busybox udhcpc), its one lease as it got it
-        ({} for none); it applies nothing."""
+    def dhcp_client(self, vmid, attempts=3, namespace=None) -> dict:
+        """A real DHCP client in the guest (busybox udhcpc; or in another namespace), its
+        one lease as it got it ({} for none); it applies nothing."""
         script = os.path.join(self.dir, "udhcpc.script")
         if not os.path.exists(script):
             with open(script, "w") as f:
                 f.write('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip subnet=$subnet '
                         'router=$router dns=$dns"\nexit 0\n')
             os.chmod(script, 0o755)
-        out = sh("ip", "netns", "exec", self.ns(vmid), "busybox", "udhcpc", "-i", "eth0",
-                 "-f", "-q", "-n", "-t", str(attempts), "-T", "1", "-A", "1", "-s", script,
-                 check=False).stdout
+        out = sh("ip", "netns", "exec", namespace or self.ns(vmid), "busybox", "udhcpc",
+                 "-i", "eth0", "-f", "-q", "-n", "-t", str(attempts), "-T", "1", "-A", "1",
+                 "-s", script, check=False).stdout
         line = next((x for x in out.splitlines() if x.startswith("ip=")), "")
         return dict(part.split("=", 1) for part in line.split())
 
@@ -369,7 +370,7 @@ class Lab:
 
     def env(self):
         env = {"PATH": f"{FAKEPVE}:{IFUPDOWN2}:{HOOK_PATH}", "LC_ALL": "C",
-               "PVENAT_CONFIG": self.config, "PVENAT_STATE_DIR": f"{self.dir}/state",
+               "PVENAT_CONFIG": self.config, "PVENAT_STATE_DIR": self.state,
                "PVENAT_FAKE_PVE": self.fixture}
         return env if INSTALLED else dict(env, PYTHONPATH=REPO)
 

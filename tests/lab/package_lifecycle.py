@@ -36,7 +36,7 @@ def node(tmp_path_factory):
     for lab in lab_fixture(GUESTS, lan_bridge=False):
         root = pve_root(str(tmp_path_factory.mktemp("pve") / "root"))
         # the root's own /etc/pve and /var/lib/vz are the lab's (the package's scripts
-        # look there), and its caches are where the package's scripts look: /run/pvenat
+        # look there), and every run keeps its state where the package's scripts look
         for path, target in (("/etc/pve", lab.etc_pve), ("/var/lib/vz", f"{root}/var/lib/vz")):
             os.makedirs(target, exist_ok=True)
             os.symlink(target, path)
@@ -52,13 +52,13 @@ def run(lab, *args):
 
 def test_install_attach_upgrade_remove_start(node):
     lab, root = node
-    env = {"PVENAT_STATE_DIR": "/run/pvenat"}
     old = version()
     run(lab, "install", "--root", root)
     assert os.path.exists(SNIPPET)
+    lab.start_dhcp_server()  # what enabling pvenat-dhcp.service starts (no systemd here)
     run(lab, "attach", "101")
     lab.add_guest(101)
-    assert lab.hook(101, "pre-start", env).returncode == 0
+    assert lab.hook(101, "pre-start").returncode == 0
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     assert os.path.exists("/run/pvenat/index.json")
     rules = lab.iptables_save()
@@ -72,8 +72,8 @@ def test_install_attach_upgrade_remove_start(node):
     assert not os.path.exists("/run/pvenat/index.json")
     assert lab.iptables_save() == rules
     assert f"version: pvenat {old}" in run(lab, "status")  # the Python package's own
-    assert lab.hook(101, "post-stop", env).returncode == 0
-    assert lab.hook(101, "pre-start", env).returncode == 0
+    assert lab.hook(101, "post-stop").returncode == 0
+    assert lab.hook(101, "pre-start").returncode == 0
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
 
     # removed while the guest still names the hookscript: the guest still starts

@@ -142,7 +142,7 @@ def test_a_guest_that_stops_while_sync_waits_for_the_lock_is_not_running(lab):
     whose NICs vanish meanwhile has stopped: its rules must not stay, or come back after
     its post-stop removed them."""
     settle(lab)
-    with open(os.path.join(lab.dir, "state", "lock"), "a") as lock:
+    with open(os.path.join(lab.state, "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sync = subprocess.Popen(lab.pvenat_argv("sync"), stdout=subprocess.PIPE, text=True)
         inode = f":{os.fstat(lock.fileno()).st_ino} "

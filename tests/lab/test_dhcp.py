@@ -4,7 +4,9 @@ reach the internet and are reached through their forwards. On both NIC layouts."
 
 import os
 import signal
+import subprocess
 import threading
+import time
 
 import pytest
 
@@ -41,17 +43,60 @@ def lab(request):
         for address in ("127.0.0.53", PUBLIC_IP):
             lab.spawn(lab.host, [lab.python, NETPROBE, "dns-serve", f"@{address}",
                                  f"host.example.test={address}"])
+        start_sdn_zone(lab)
         lab.start_dhcp_server()
         yield lab
 
 
+SDN_MAC, SDN_CLIENT = "BC:24:11:00:02:01", "10.250.0.50"
+
+
+def start_sdn_zone(lab):
+    """A PVE SDN Simple zone with DHCP on its vnet, there first: dnsmasq with the options
+    pve-network writes (src/PVE/Network/SDN/Dhcp/Dnsmasq.pm: 00-default.conf and
+    10-VNET.conf), and a client on the vnet."""
+    zone = os.path.join(lab.dir, "sdn")
+    os.makedirs(zone)
+    with open(os.path.join(zone, "ethers"), "w") as f:
+        f.write(f"{SDN_MAC},{SDN_CLIENT}\n")
+    client = f"{lab.prefix}-sdn"
+    lab.netns(client)
+    for cmd in (["link", "add", "vnet0", "type", "bridge"],
+                ["addr", "add", "10.250.0.1/24", "dev", "vnet0"],
+                ["link", "add", "veth-sdn", "type", "veth", "peer", "name", "eth0",
+                 "netns", client],
+                ["link", "set", "veth-sdn", "master", "vnet0", "up"],
+                ["link", "set", "vnet0", "up"]):
+        sh("ip", "-n", lab.host, *cmd)
+    sh("ip", "-n", client, "link", "set", "eth0", "address", SDN_MAC, "up")
+    os.chmod(lab.dir, 0o755)  # dnsmasq reads the ethers file as nobody
+    lab.procs.append(subprocess.Popen(
+        ["ip", "netns", "exec", lab.host, "dnsmasq", "--keep-in-foreground",
+         "--conf-file=/dev/null", "--except-interface=lo", "--bind-dynamic", "--no-hosts",
+         f"--pid-file={zone}/pid", f"--dhcp-leasefile={zone}/leases",
+         f"--dhcp-hostsfile={zone}/ethers", "--dhcp-ignore=tag:!known",
+         "--dhcp-range=set:zone,10.250.0.0,static,255.255.255.0,infinite",
+         "--dhcp-option=tag:zone,option:router,10.250.0.1", "--interface=vnet0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    for _ in range(100):
+        if "%vnet0:67" in sh("ip", "netns", "exec", lab.host, "ss", "-H", "-lnu").stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the SDN zone's dnsmasq did not start")
+
+
 def test_the_server_is_on_the_lan_bridge_alone_beside_the_hosts_own(lab):
+    ours = open(os.path.join(lab.state, "dnsmasq.pid")).read().strip()
     sockets = sh("ip", "netns", "exec", lab.host, "ss", "-H", "-lnup").stdout
-    theirs = [line.split()[3] for line in sockets.splitlines() if "dnsmasq" in line]
+    theirs = [line.split()[3] for line in sockets.splitlines() if f"pid={ours}," in line]
     assert sorted(theirs) == ["0.0.0.0%vmbr1:67", "172.22.161.254:53"]
     for address in ("127.0.0.53", PUBLIC_IP):  # the host's own still answer
         assert sh("ip", "netns", "exec", lab.host, lab.python, NETPROBE, "resolve", address,
                   "host.example.test").stdout.strip() == address
+    # the SDN zone's DHCP still serves its vnet, and its DNS answers there
+    assert "10.250.0.1:53" in sockets
+    lease = lab.dhcp_client(None, namespace=f"{lab.prefix}-sdn")
+    assert (lease["ip"], lease["router"]) == (SDN_CLIENT, "10.250.0.1")
 
 
 def ok(result):
@@ -116,18 +161,18 @@ def test_two_guests_never_get_one_address(lab):
 def test_leases_stay_when_a_guest_stops_and_sync_keeps_them(lab):
     ok(lab.hook(102, "post-stop"))
     assert lab.dhcp_client(102)["ip"] == "172.22.161.1"
-    before = open(os.path.join(lab.dir, "state", "dhcp-hosts")).read()
+    before = open(os.path.join(lab.state, "dhcp-hosts")).read()
     assert MACS[102] in before
     sync = lab.pvenat("sync")  # 105's conflict is reported, nothing else changes
     assert "guest 105 left as it was: guest 105: address 172.22.161.1 is already guest " \
         "102's" in sync.stdout
-    assert open(os.path.join(lab.dir, "state", "dhcp-hosts")).read() == before
+    assert open(os.path.join(lab.state, "dhcp-hosts")).read() == before
 
 
 def test_no_request_is_lost_while_the_leases_are_reloaded(lab):
     """100 reloads (SIGHUP, as every lease change sends) while a guest asks 100 times,
     one DISCOVER each: every one is answered."""
-    pid = int(open(os.path.join(lab.dir, "state", "dnsmasq.pid")).read())
+    pid = int(open(os.path.join(lab.state, "dnsmasq.pid")).read())
     reloads, done = [0], threading.Event()
 
     def reload():

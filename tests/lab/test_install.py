@@ -129,7 +129,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     lab.add_guest(101)
     assert lab.probe(lab.ns(101), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
     assert lab.hook(101, "pre-start").returncode == 0
-    assert os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))  # 101's lease
+    assert os.path.exists(os.path.join(lab.state, "dhcp-hosts"))  # 101's lease
     assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     assert lab.hook(101, "post-stop").returncode == 0
 
@@ -146,7 +146,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     off_the_bridge(lab)
     run(lab, "uninstall")
     assert link(lab, "vmbr1") is None
-    assert not os.path.exists(os.path.join(lab.dir, "state", "dhcp-hosts"))
+    assert not os.path.exists(os.path.join(lab.state, "dhcp-hosts"))
     assert saved(lab) == rules_before
     assert lab.sh_host("cat", "/proc/sys/net/ipv4/ip_forward") == "0"
     with open(lab.fixture) as f:
