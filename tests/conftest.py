@@ -1,6 +1,7 @@
 """Shared by the unit tests (no root, no kernel) and the lab tests (root, namespaces)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,12 +16,21 @@ import certs  # noqa: E402
 from shared import FAKEPVE, TOKEN  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def cluster_pki(tmp_path_factory):
+    """One cluster's CA and node certificate, made once (RSA keys take a while)."""
+    config_dir = str(tmp_path_factory.mktemp("pki") / "pve")
+    certs.make(config_dir, "pve1")
+    return config_dir
+
+
 @pytest.fixture
-def fake_api(tmp_path):
+def fake_api(tmp_path, cluster_pki):
     """The fake HTTPS API on a free loopback port, its certificate signed by the CA of a
     PVE cluster whose /etc/pve is tmp_path/pve: (port, config_dir, fixture path)."""
     config_dir = str(tmp_path / "pve")
-    cert, key = certs.make(config_dir, "pve1")
+    shutil.copytree(cluster_pki, config_dir)
+    cert, key = (f"{config_dir}/nodes/pve1/pve-ssl.{ext}" for ext in ("pem", "key"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -129,6 +129,18 @@ def test_wrong_token_is_refused(fake_api, tmp_path):
         client.guest("pve1", 101)
 
 
+def test_the_system_trust_store_does_not_know_the_clusters_ca(fake_api, tmp_path):
+    """verify_ssl: true checks against the system's CAs, which never signed a PVE node's
+    certificate: the default (pve, the cluster's CA) is what makes https work."""
+    port, config_dir, fixture = fake_api
+    token = tmp_path / "token"
+    token.write_text(TOKEN.split("=", 1)[1] + "\n")
+    client = PveApi(PveSettings(backend="https", node="pve1", port=port, verify_ssl="true",
+                                token_file=str(token), config_dir=config_dir))
+    with pytest.raises(PvenatError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.guest("pve1", 101)
+
+
 def test_missing_token_file_says_how_to_create_it(tmp_path):
     client = PveApi(PveSettings(backend="https", token_file=str(tmp_path / "none")))
     with pytest.raises(PvenatError, match="create it with 'pvenat install --token'"):
