@@ -201,7 +201,7 @@ def bench_leases(lab, report):
         dhcp.write(places, others)
         start = time.perf_counter()
         held = dhcp.read(places)
-        leases.check(mine, held)
+        leases.Holders(held).check(mine)
         dhcp.write(places, [lease for lease in held if lease.vmid != TARGET] + mine)
         step.append(time.perf_counter() - start)
         os.remove(dhcp.path(places, dhcp.HOSTS))

@@ -148,7 +148,7 @@ def pre_start(ctx, vmid):
     public = hostnet.public(ctx.host) if forwards else None
     with netfilter.locked(ctx.places.lock_path):
         held = dhcp.read(ctx.places) if mine else []
-        leases.check(mine, held)
+        leases.Holders(held).check(mine)
         script = change_guest(ctx, vmid, plan if forwards else None, public)
         if mine:
             dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)

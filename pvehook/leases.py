@@ -67,17 +67,28 @@ def parse(text: str) -> list[Lease]:
     return out
 
 
-def check(mine: list[Lease], others) -> None:
-    """Refuse leases whose address or MAC another guest holds: two guests never share one."""
-    for lease in mine:
-        for other in others:
-            if other.vmid == lease.vmid:
-                continue
-            if other.ip == lease.ip:
+class Holders:
+    """Who holds which address and which MAC, so that a lease another guest holds is
+    refused: two guests never share one. Looked up by key, as sync checks 1,000 guests."""
+
+    def __init__(self, held=()):
+        self.ip, self.mac = {}, {}
+        self.add(held)
+
+    def add(self, held) -> None:
+        for lease in held:
+            self.ip.setdefault(lease.ip, lease.vmid)
+            self.mac.setdefault(lease.mac, lease.vmid)
+
+    def check(self, mine: list[Lease]) -> None:
+        for lease in mine:
+            other = self.ip.get(lease.ip, lease.vmid)
+            if other != lease.vmid:
                 raise PvenatError("conflict", f"guest {lease.vmid}: address {lease.ip} is "
-                                  f"already guest {other.vmid}'s (its DHCP lease); give one "
+                                  f"already guest {other}'s (its DHCP lease); give one "
                                   "of them another address ('pvenat attach --ip ADDRESS')")
-            if other.mac == lease.mac:
+            other = self.mac.get(lease.mac, lease.vmid)
+            if other != lease.vmid:
                 raise PvenatError("conflict", f"guest {lease.vmid}: MAC {lease.mac} is also "
-                                  f"guest {other.vmid}'s; give one of them another MAC "
+                                  f"guest {other}'s; give one of them another MAC "
                                   "(PVE makes a new one when the NIC's address is left empty)")

@@ -176,16 +176,17 @@ def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
     a second guest wanting the same address or MAC is left out, and reported."""
     held = dhcp.read(ctx.places)
     holders = {lease.vmid for lease in held}
-    kept = []
+    kept, taken = [], leases.Holders()
     by_vmid = {}
     for lease in wanted:
         by_vmid.setdefault(lease.vmid, []).append(lease)
     for vmid in sorted(by_vmid, key=lambda v: (v not in holders, v)):
         try:
-            leases.check(by_vmid[vmid], kept)
+            taken.check(by_vmid[vmid])
         except PvenatError as e:
             result.problems[vmid] = e.message
             continue
+        taken.add(by_vmid[vmid])
         kept += by_vmid[vmid]
     if sorted(kept) != sorted(held):
         result.leases = kept

@@ -43,11 +43,11 @@ def test_two_guests_never_share_an_address_or_a_mac():
     held = [leases.Lease(101, "BC:24:11:00:00:01", "172.22.161.170", "web")]
     with pytest.raises(PvenatError, match="guest 104: address 172.22.161.170 is already "
                        "guest 101's"):
-        leases.check(mine, held)
+        leases.Holders(held).check(mine)
     with pytest.raises(PvenatError, match="guest 104: MAC BC:24:11:00:00:01 is also guest "
                        "101's"):
-        leases.check([mine[0]._replace(mac="BC:24:11:00:00:01", ip="172.22.161.9")], held)
-    leases.check(mine, [held[0]._replace(vmid=104)])  # its own old lease is no conflict
+        leases.Holders(held).check([mine[0]._replace(mac="BC:24:11:00:00:01", ip="172.22.161.9")])
+    leases.Holders([held[0]._replace(vmid=104)]).check(mine)  # its own old lease is no conflict
 
 
 def test_dnsmasq_binds_the_lan_bridge_alone():
