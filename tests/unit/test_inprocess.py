@@ -136,6 +136,34 @@ def test_sync_writes_what_desired_renders(ctx):
         assert json.load(f)["addresses"] == {"172.22.161.170": 101, "172.22.161.171": 102}
 
 
+def test_a_sync_with_nothing_new_since_the_last_decides_nothing_again(ctx, monkeypatch):
+    start(ctx, 102)
+    start(ctx, 103)  # refused: a problem the record must carry
+    first = sync.sync(ctx).lines("pve1", False)
+    reconciled = []
+    real = sync.reconcile
+    monkeypatch.setattr(sync, "reconcile", lambda *a: reconciled.append(1) or real(*a))
+    assert "guest 103 left as it was" in first[0]
+    assert sync.sync(ctx).lines("pve1", False) == [
+        first[0], "pvenat sync: nothing to change (1 guests forwarded)"] and reconciled == []
+    # whatever it decided from changes: the kernel (a hook), the index, a guest's config
+    start(ctx, 101)
+    assert sync.sync(ctx).forwarded == [101, 102] and len(reconciled) == 1
+    os.remove(os.path.join(ctx.places.state_dir, "index.json"))
+    sync.sync(ctx)
+    assert len(reconciled) == 2
+    chain = ruleset.guest_chain(101)  # someone flushes a chain of pvenat's
+    ctx.kernel.apply(f"*nat\n:{chain} - [0:0]\nCOMMIT\n")
+    assert sync.sync(ctx).updated == [101] and len(reconciled) == 3
+    conf = os.path.join(ctx.host.pve.config_dir, "nodes/pve1/lxc/102.conf")
+    with open(conf, "a") as f:
+        f.write("tags: pvenat-11001\n")  # 102 moves off 11000, which 103 then gets
+    result = sync.sync(ctx)
+    assert (result.updated, result.added, len(reconciled)) == ([102], [103], 4)
+    assert sync.sync(ctx).lines("pve1", False) == [
+        "pvenat sync: nothing to change (3 guests forwarded)"] and len(reconciled) == 4
+
+
 def test_sync_keeps_the_guest_that_was_there_first(ctx):
     start(ctx, 102)
     start(ctx, 103)  # refused at pre-start; its NIC exists anyway (started by hand)
