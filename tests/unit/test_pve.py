@@ -113,6 +113,7 @@ def test_garbage_answer_is_a_clear_error(api):
 
 def test_timeout_is_a_clear_error(api):
     client, fixture = api
+    client = PveApi(client.settings._replace(timeout=1))  # the shortest a config can say
     write(fixture, fault="timeout")
     with pytest.raises(PvenatError) as e:
         client.guest("pve1", 101)
