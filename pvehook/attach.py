@@ -12,7 +12,7 @@ import ipaddress
 from . import hostnet, spec
 from .context import HOOKSCRIPT
 from .errors import PvenatError
-from .plan import plan_for
+from .plan import guest_address, plan_for
 from .pveconf import ConfigFiles
 
 
@@ -89,8 +89,7 @@ def address_of(guest, host) -> str | None:
         plan = plan_for(guest, host)
     except PvenatError:
         plan = None
-    return plan.address if plan else spec.nic_address(guest.kind, guest.config,
-                                                      host.lan_bridge)
+    return guest_address(guest, plan, host)
 
 
 def used_addresses(ctx) -> dict[str, int]:

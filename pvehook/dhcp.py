@@ -43,23 +43,23 @@ def path(places, name: str) -> str:
     return os.path.join(places.state_dir, name)
 
 
-def read(places) -> list[Lease]:
+def _hosts_text(places) -> str | None:
     try:
         with open(path(places, HOSTS), encoding="ascii", errors="replace") as f:
-            return leases.parse(f.read())
+            return f.read()
     except FileNotFoundError:
-        return []
+        return None
+
+
+def read(places) -> list[Lease]:
+    return leases.parse(_hosts_text(places) or "")
 
 
 def write(places, wanted) -> bool:
     """The hosts file with exactly ``wanted``, and dnsmasq told; False when it was so."""
     text = leases.render(wanted)
-    try:
-        with open(path(places, HOSTS), encoding="ascii", errors="replace") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
+    if _hosts_text(places) == text:
+        return False
     files.write_atomic(path(places, HOSTS), text)
     os.chmod(path(places, HOSTS), 0o644)  # dnsmasq reads it after dropping to nobody
     reload(places)

@@ -31,7 +31,7 @@ def main(vmid: int, phase: str, config_path=None) -> int:
         logs.configure(host.log_file)
         line = run(context(host, places), vmid, phase)
     except (PvenatError, OSError) as e:
-        message = e.message if isinstance(e, PvenatError) else os_error(e)
+        message = error_text(e)
         if phase == "post-stop":  # never fail the stop: PVE would only warn anyway
             print(f"pvenat: {vmid}: WARNING: {message}", flush=True)
             return 0
@@ -42,7 +42,10 @@ def main(vmid: int, phase: str, config_path=None) -> int:
     return 0
 
 
-def os_error(e: OSError) -> str:
+def error_text(e) -> str:
+    """A PvenatError's message, or an OSError's file and reason."""
+    if isinstance(e, PvenatError):
+        return e.message
     return f"{e.filename}: {e.strerror}" if e.filename else str(e)
 
 
@@ -190,7 +193,7 @@ def post_stop(ctx, vmid):
             except PvenatError:
                 pass  # the rules are gone; its tracked flows expire on their own
     except (PvenatError, OSError) as e:
-        message = e.message if isinstance(e, PvenatError) else os_error(e)
+        message = error_text(e)
         log.error("guest.stop_failed", vmid=vmid, error=message)
         return f"pvenat: {vmid}: WARNING: rules not removed: {message}; run 'pvenat sync'"
     if not script:

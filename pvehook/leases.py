@@ -10,7 +10,8 @@ import re
 from typing import NamedTuple
 
 from .errors import PvenatError
-from .spec import nic_address, nics
+from .plan import guest_address
+from .spec import nics
 
 _LINE = re.compile(r"([0-9A-F:]{17}),([0-9.]+)(?:,([a-z0-9-]+))?")
 _OWNER = re.compile(r"# guest ([0-9]+)")
@@ -29,8 +30,7 @@ def leases_for(guest, plan, host) -> list[Lease]:
     plan's, else its NIC's static one); none with dhcp off or without an address."""
     if not host.dhcp:
         return []
-    address = plan.address if plan else nic_address(guest.kind, guest.config, host.lan_bridge)
-    return guest_leases(guest, address, host.lan_bridge)
+    return guest_leases(guest, guest_address(guest, plan, host), host.lan_bridge)
 
 
 def guest_leases(guest, address: str | None, bridge: str) -> list[Lease]:

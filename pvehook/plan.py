@@ -83,6 +83,12 @@ def plan_for(guest, host: HostConfig):
     return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host)
 
 
+def guest_address(guest, plan, host) -> str | None:
+    """The address pvenat uses for a guest on lan_bridge: its plan's, else (a guest with no
+    plan) its NIC's static one."""
+    return plan.address if plan else nic_address(guest.kind, guest.config, host.lan_bridge)
+
+
 def _check_address(who, address, host):
     net = host.lan_network
     ip = ipaddress.IPv4Address(address)
