@@ -182,10 +182,10 @@ def _clip(text: str) -> str:
 
 def _parse_entry(at, node):
     origin = f"Notes line {node.line}"
-    where = f"{at(node.line)}"
+    where = at(node.line)
     allow = ()
     if isinstance(node, yamlstrict.Map):
-        key, value = next(iter(node.items.items()))
+        key, value = next(iter(node.items.items()), ("", None))  # {} has none
         if len(node.items) == 1 and re.fullmatch(_RANGE, key) and isinstance(
                 value, yamlstrict.Scalar) and re.fullmatch(_RANGE, value.value):
             raise PvenatError("spec", f"{where}: '{key} : {value.value}' reads as a YAML "

@@ -86,6 +86,8 @@ CASES = [
      "a forward is a line such as"),
     ("forwards as a mapping", notes("forwards: {a: 10000}"), "", "'forwards' must be a list"),
     ("forwards empty", notes("forwards:"), "", "'forwards' must be a list"),
+    ("an empty mapping as a forward", notes("forwards:\n  - {}"), "",
+     "guest 101, Notes line 4: this forward has no 'ports:'"),
     ("ports as a list", notes("forwards:\n  - ports: [10000, 10001]"), "",
      "ports: a list or mapping"),
     ("proto in capitals", notes("forwards:\n  - ports: 10000\n    proto: TCP"), "",
