@@ -45,10 +45,10 @@ def fixture(path, write=False):
             json.dump(data, f, indent=1)
 
 
-def conf_path(guest):
+def conf_path(node, kind, vmid):
     """Where pmxcfs keeps the guest's config, under /etc/pve."""
-    folder = "qemu-server" if guest["type"] == "qemu" else "lxc"
-    return f"nodes/{guest['node']}/{folder}/{guest['vmid']}.conf"
+    folder = "qemu-server" if kind == "qemu" else "lxc"
+    return f"nodes/{node}/{folder}/{vmid}.conf"
 
 
 def render_conf(config: dict, snapshot: dict | None = None, pending: dict | None = None,
@@ -83,7 +83,7 @@ def write_confs(data):
             if name.endswith(".conf") and folder.endswith(("/qemu-server", "/lxc")):
                 os.remove(os.path.join(folder, name))
     for g in data["guests"]:
-        path = os.path.join(root, conf_path(g))
+        path = os.path.join(root, conf_path(g["node"], g["type"], g["vmid"]))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(render_conf(g["config"], {"description": "old%0Anotes",
@@ -95,8 +95,7 @@ def _find(data, node, kind, vmid):
     for g in data["guests"]:
         if g["vmid"] == vmid and g["type"] == kind and g["node"] == node:
             return g
-    folder = "qemu-server" if kind == "qemu" else "lxc"
-    raise ApiError(500, f"Configuration file 'nodes/{node}/{folder}/{vmid}.conf' does not exist")
+    raise ApiError(500, f"Configuration file '{conf_path(node, kind, vmid)}' does not exist")
 
 
 def _summary(g):
