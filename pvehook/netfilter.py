@@ -81,6 +81,8 @@ class Iptables:
         except FileNotFoundError:
             raise PvenatError("netfilter", f"{argv[0]} not found; install the iptables "
                               "package") from None
+        except OSError as e:
+            raise PvenatError("netfilter", f"{argv[0]} could not be run: {e.strerror}") from None
         if proc.returncode != 0:
             raise KernelRefused(argv[0], proc.stderr.strip())
         return proc.stdout

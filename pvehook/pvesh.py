@@ -54,6 +54,8 @@ class Session:
         except FileNotFoundError:
             raise PvenatError("pve", "pvesh not found: pvenat talks to PVE through pvesh on "
                               "the node; run it on a Proxmox VE node") from None
+        except OSError as e:
+            raise PvenatError("pve", f"pvesh could not be run: {e.strerror}") from None
         except subprocess.TimeoutExpired:  # subprocess.run has killed it
             raise TimeoutError(f"no answer within {self.timeout} s (pve.timeout)") from None
         if proc.returncode == 0:  # warnings on stderr or not: the JSON is the answer

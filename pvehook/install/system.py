@@ -73,7 +73,11 @@ class System:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True)
         except FileNotFoundError:
-            raise PvenatError("host", f"{argv[0]} not found; is this a PVE host?") from None
+            raise PvenatError("host", f"{argv[0]} not found on PATH ({os.environ.get('PATH')});"
+                              " is this a PVE host?") from None
+        except OSError as e:  # found but not runnable: permissions, a bad interpreter
+            raise PvenatError("host", f"{argv[0]} could not be run: {e.strerror}; check "
+                              f"{shutil.which(argv[0]) or argv[0]} and PATH") from None
         if proc.returncode != 0:
             raise PvenatError("host", f"{' '.join(argv)} failed: "
                               f"{(proc.stderr or proc.stdout).strip()[:500]}")

@@ -38,7 +38,8 @@ GUESTS = {
                      "ipconfig0": "ip=172.22.161.170/24,gw=172.22.161.254"}},
     102: {"kind": "lxc", "address": "172.22.161.171", "serve": ["tcp:11000", "udp:11000"],
           "config": {"tags": "pvenat-11000", "net0": "name=eth0,bridge=vmbr1,"
-                     "ip=172.22.161.171/24,gw=172.22.161.254,type=veth"}},
+                     "hwaddr=BC:24:11:00:00:02,ip=172.22.161.171/24,gw=172.22.161.254,"
+                     "type=veth"}},
 }
 # The recipe people copy by hand, for the same forwards: MASQUERADE out, DNAT in on both
 # bridges with -d, the allow-list as -s.
@@ -98,70 +99,105 @@ def verdict(want, got):
     return said if works(want, got) else f"! {said}"
 
 
+class Failed(Exception):
+    """A step of the demo failed: one line says which and what to do; nothing runs after."""
+
+
+def must(proc, what, codes=(0,)):
+    """A pvenat run that must succeed; its output, indented."""
+    out = (proc.stdout + proc.stderr).strip()
+    if proc.returncode not in codes:
+        last = out.splitlines()[-1] if out else f"exit {proc.returncode}"
+        raise Failed(f"{what} failed: {last}")
+    return "   " + out.replace("\n", "\n   ")
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("demo: run as root (network namespaces, iptables)")
     keep = os.environ.get("KEEP") == "1"
-    if not os.path.exists(IFUPDOWN2):
+    if not os.access(os.path.join(IFUPDOWN2, "ifquery"), os.X_OK):
         sys.exit("demo: the lab's own ifupdown2 is missing; run make deps-demo")
     if os.path.exists(STATE) or any(n.startswith(PREFIX + "-")
                                     for n in sh("ip", "netns", "list").stdout.split()):
         sys.exit("demo: a demo is still up (make demo KEEP=1); run make demo-down first")
-    print("== a PVE host in namespaces: vmbr0 203.0.113.10 with an internet peer; "
-          "a fake PVE API")
-    lab = Lab(GUESTS, lan_bridge=False, prefix=PREFIX)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
+    lab = root = None
     try:
+        print("== a PVE host in namespaces: vmbr0 203.0.113.10 with an internet peer; "
+              "a fake PVE API")
+        lab = Lab(GUESTS, lan_bridge=False, prefix=PREFIX)
         root = pve_root(tempfile.mkdtemp(prefix="pvenat-demo-root-"))
-        print("== pvenat install (creates vmbr1 172.22.161.254/24 with ifupdown2, SNAT, ...)")
-        out = lab.pvenat("install", "--root", root)
-        print("   " + out.stdout.strip().replace("\n", "\n   "), out.stderr)
-        print("== two guests on vmbr1 (tap101i0: a QEMU VM, veth102i0: an LXC container), "
-              "their hook phases")
-        for vmid in GUESTS:
-            print("   " + lab.pvenat("attach", str(vmid)).stdout.strip())
-            lab.add_guest(vmid)
-            for phase in ("pre-start", "post-start"):
-                line = lab.hook(vmid, phase)
-                print("   " + (line.stdout + line.stderr).strip())
-        lab.sysctl(lab.host, "net.bridge.bridge-nf-call-iptables", 1)  # as pve-firewall does
-        measured = flows(lab)
-        print("== the same flows with the plain recipe (pvenat's rules removed)")
-        for vmid in GUESTS:
-            lab.hook(vmid, "post-stop")
-        lab.pvenat("uninstall", "--root", root)  # keeps vmbr1: the guests are on it
+        return run(lab, root, keep)
+    except (Failed, RuntimeError, OSError) as e:  # RuntimeError: a lab command (lab.sh)
+        keep = False
+        print(f"demo: {e}\ndemo: stopped there; nothing of it is left. Run 'make deps-demo' "
+              "if a tool is missing, or report this line with 'make demo' output",
+              file=sys.stderr)
+        return 1
+    finally:
+        if not keep:  # a kept demo is for make demo-down to remove
+            if lab:
+                lab.close()
+            if root:
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def start(lab, vmid):
+    """The guest's start as PVE runs it: pre-start, its NIC plugged, post-start."""
+    lines = [must(lab.hook(vmid, "pre-start"), f"the pre-start hook of {vmid}")]
+    if not os.path.exists(f"/run/netns/{lab.ns(vmid)}"):
+        lab.add_guest(vmid)
+    lines.append(must(lab.hook(vmid, "post-start"), f"the post-start hook of {vmid}"))
+    return lines
+
+
+def run(lab, root, keep):
+    print("== pvenat install (creates vmbr1 172.22.161.254/24 with ifupdown2, SNAT, ...)")
+    print(must(lab.pvenat("install", "--root", root), "pvenat install"))
+    lab.start_dhcp_server()  # what the pvenat-dhcp.service it enabled runs
+    print("== two guests on vmbr1 (tap101i0: a QEMU VM, veth102i0: an LXC container), "
+          "their hook phases")
+    for vmid in GUESTS:
+        print(must(lab.pvenat("attach", str(vmid)), f"pvenat attach {vmid}"))
+        print(*start(lab, vmid), sep="\n")
+    lab.sysctl(lab.host, "net.bridge.bridge-nf-call-iptables", 1)  # as pve-firewall does
+    measured = flows(lab)
+    print("== the same flows with the plain recipe (pvenat's rules removed)")
+    for vmid in GUESTS:
+        must(lab.hook(vmid, "post-stop"), f"the post-stop hook of {vmid}")
+    # exit 1: it keeps vmbr1, which the guests are on; every rule of pvenat's must be gone
+    must(lab.pvenat("uninstall", "--root", root), "pvenat uninstall", codes=(0, 1))
+    if "PVENAT" in lab.iptables_save():
+        raise Failed("pvenat uninstall left rules of pvenat's (ip netns exec "
+                     f"{lab.host} iptables-legacy-save)")
+    for rule in PLAIN:
+        lab.iptables(*rule)
+    plain = flows(lab)
+    width = max(len(f[0]) for f in measured) + 2
+    cell = max(len(verdict(want, got)) for _, want, got in measured) + 2
+    print(f"\n{'flow':{width}}{'pvenat':{cell}}plain iptables recipe, same forwards")
+    for (name, want, got), (_, _, plain_got) in zip(measured, plain):
+        print(f"{name:{width}}{verdict(want, got):{cell}}{verdict(want, plain_got)}")
+    print("(! marks what the flow should not do)\n")
+    if keep:  # back to pvenat, as it was before the plain recipe
         for rule in PLAIN:
-            lab.iptables(*rule)
-        plain = flows(lab)
-        width = max(len(f[0]) for f in measured) + 2
-        cell = max(len(verdict(want, got)) for _, want, got in measured) + 2
-        print(f"\n{'flow':{width}}{'pvenat':{cell}}plain iptables recipe, same forwards")
-        for (name, want, got), (_, _, plain_got) in zip(measured, plain):
-            print(f"{name:{width}}{verdict(want, got):{cell}}{verdict(want, plain_got)}")
-        print("(! marks what the flow should not do)\n")
-        for rule in PLAIN:  # back to pvenat for whoever keeps the demo
             lab.iptables(*[a if a != "-A" else "-D" for a in rule])
-        lab.pvenat("install", "--root", root)
-        for vmid in GUESTS:
-            lab.hook(vmid, "pre-start")
-            lab.hook(vmid, "post-start")
-        if keep:
-            with open(STATE, "w") as f:
-                json.dump({"namespaces": lab.namespaces, "dirs": [lab.dir, root],
-                           "pids": [p.pid for p in lab.procs]}, f)
-            env = " ".join(f"{k}={v}" for k, v in lab.env().items())
-            print(f"""The demo stays up (make demo-down removes it). Things to try:
+        must(lab.pvenat("install", "--root", root), "pvenat install")
+        for vmid in GUESTS:  # uninstall took the hookscript off the guests
+            must(lab.pvenat("attach", str(vmid)), f"pvenat attach {vmid}")
+            start(lab, vmid)
+        with open(STATE, "w") as f:
+            json.dump({"namespaces": lab.namespaces, "dirs": [lab.dir, root],
+                       "pids": [p.pid for p in lab.procs]}, f)
+        env = " ".join(f"{k}={v}" for k, v in lab.env().items())
+        print(f"""The demo stays up (make demo-down removes it). Things to try:
   ip netns exec {lab.inet} python3 {REPO}/tests/lab/netprobe.py tcp {PUBLIC_IP} 12222
   ip netns exec {lab.ns(102)} python3 {REPO}/tests/lab/netprobe.py tcp {PUBLIC_IP} 12222
   ip netns exec {lab.host} iptables-legacy-save -t nat
   ip netns exec {lab.host} env -i {env} python3 -m pvehook list
   ip netns exec {lab.host} env -i {env} python3 -m pvehook status --root {root}""")
-            return 0
-        return 0 if all(works(want, got) for _, want, got in measured) else 1
-    finally:
-        if not keep:  # a kept demo is for make demo-down to remove
-            lab.close()
-            shutil.rmtree(root, ignore_errors=True)
+    return 0 if all(works(want, got) for _, want, got in measured) else 1
 
 
 def down():

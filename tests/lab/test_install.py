@@ -21,6 +21,12 @@ STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
           "\tbridge-ports none\n\tbridge-stp off\n\tbridge-fd 0\n")
 
 
+def ifquery(lab) -> str:
+    """The ifquery pvenat runs in the lab (the lab's own ifupdown2, or the package root's),
+    never one that happens to come first on the test runner's PATH."""
+    return shutil.which("ifquery", path=lab.env()["PATH"])
+
+
 def guests():
     return {101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:22"],
                   "config": {"description": "```pvenat\nforwards: [12222:22]\n```",
@@ -42,7 +48,7 @@ def https_lab(tmp_path):
 def install_lab(tmp_path, **options):
     if os.geteuid() != 0:
         pytest.fail("the namespace lab needs root (network namespaces, iptables)")
-    if not os.path.exists(IFUPDOWN2) and not INSTALLED:
+    if not os.access(os.path.join(IFUPDOWN2, "ifquery"), os.X_OK) and not INSTALLED:
         pytest.fail(f"no {IFUPDOWN2}: run make deps (tests/lab/private-ifupdown2)")
     lab = Lab(guests(), lan_bridge=False, **options)
     lab.root = pve_root(str(tmp_path / "root"))
@@ -116,7 +122,7 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     assert bridge["linkinfo"]["info_kind"] == "bridge"
     assert [a["local"] for a in bridge["addr_info"] if a["family"] == "inet"] == \
         ["172.22.161.254"]
-    sh("ip", "netns", "exec", lab.host, "ifquery", "-c", "-i",
+    sh("ip", "netns", "exec", lab.host, ifquery(lab), "-c", "-i",
        os.path.join(lab.root, "etc/network/interfaces"), "vmbr1")  # running == configured
     assert lab.sh_host("cat", "/proc/sys/net/ipv4/ip_forward") == "1"
     assert os.path.islink(os.path.join(lab.root,
@@ -226,7 +232,7 @@ def test_pending_gui_edits_keep_the_bridge(lab):
     assert open(path).read() == INTERFACES + STANZA
     assert open(path + ".new").read() == pending + STANZA
     os.replace(path + ".new", path)  # Apply Configuration
-    sh("ip", "netns", "exec", lab.host, "ifquery", "-c", "-i", path, "vmbr1")
+    sh("ip", "netns", "exec", lab.host, ifquery(lab), "-c", "-i", path, "vmbr1")
     assert run(lab, "install") == "pvenat: nothing to change\n"
     off_the_bridge(lab)
     run(lab, "uninstall")
