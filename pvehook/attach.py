@@ -12,13 +12,21 @@ import ipaddress
 from . import hostnet, spec
 from .context import HOOKSCRIPT
 from .errors import PvenatError
-from .plan import guest_address, plan_for
+from .hook import refusals
+from .plan import plan_for
 from .pveconf import ConfigFiles
 
 
-def attach(ctx, vmids, force: bool, ip: str | None = None) -> list[str]:
+def attach(ctx, vmids, force: bool, ip: str | None = None):
+    """Attach each guest; returns (one line per guest, [(vmid, what a start of it would
+    refuse)]).
+
+    A problem a start would refuse does not stop the attach: the hookscript is what makes
+    a guest managed at all, and without it the guest would start anyway, silently without
+    its forwards and lease, while with it the start refuses and says why. So the guest is
+    attached, each problem is reported with its fix, and the command exits 1 (cli)."""
     node = ctx.host.pve.node_name()
-    out = []
+    out, problems = [], []
     for vmid in vmids:
         guest = ctx.configs.guest(node, vmid)
         _check_other_hookscript(guest, force)
@@ -27,9 +35,11 @@ def attach(ctx, vmids, force: bool, ip: str | None = None) -> list[str]:
             ctx.api.set_config(node, guest, hookscript=HOOKSCRIPT)
             lines.append(f"hookscript set to {HOOKSCRIPT}")
         if ctx.host.dhcp or ip:
-            address = give_address(ctx, node, guest, ip)
-            if address:
-                lines.append(address)
+            address, change = give_address(ctx, node, guest, ip)
+            if change:  # the config as its next start will read it
+                guest = guest._replace(config={**guest.config, **change})
+                lines.append(f"address {address} ({next(iter(change))})")
+        problems += [(vmid, e) for e in start_problems(ctx, guest)]
         if not lines:
             out.append(f"pvenat: {vmid}: already attached")
             continue
@@ -37,7 +47,17 @@ def attach(ctx, vmids, force: bool, ip: str | None = None) -> list[str]:
         out.append(f"pvenat: {vmid}: {'; '.join(lines)}" + (
             "; it is running: restart it, or run 'pvenat sync' to apply now" if running
             else ""))
-    return out
+    return out, problems
+
+
+def start_problems(ctx, guest) -> list[PvenatError]:
+    """What a start of the guest, as its config now is, would refuse: the checks
+    pre-start makes (plan_for, then hook.refusals)."""
+    try:
+        plan = plan_for(guest, ctx.host)
+    except PvenatError as e:
+        return [e]
+    return refusals(ctx, guest, plan)
 
 
 def detach(ctx, vmids, force: bool) -> list[str]:
@@ -61,35 +81,53 @@ def _check_other_hookscript(guest, force):
                           "pvenat leaves it alone unless you add --force")
 
 
-def give_address(ctx, node, guest, wanted: str | None) -> str:
+def give_address(ctx, node, guest, wanted: str | None) -> tuple[str, dict]:
     """The guest's address on lan_bridge: ``wanted``, or when it has none the first free
-    one. Written into its config; '' when nothing changed."""
+    one. Written into its config; returns it and the option written ("", {} when nothing
+    changed)."""
     host = ctx.host
     if not any(n.bridge == host.lan_bridge for n in spec.nics(guest.kind, guest.config)):
         if wanted:
             raise PvenatError("spec", f"guest {guest.vmid}: no NIC on {host.lan_bridge}; "
                               f"give it one (bridge={host.lan_bridge}) first")
-        return ""
+        return "", {}
     have = address_of(guest, host)
     if have and (not wanted or wanted == have):
-        return ""
+        return "", {}
     used = {ip: vmid for ip, vmid in used_addresses(ctx).items() if vmid != guest.vmid}
     if wanted:
         ip = _check_wanted(guest.vmid, wanted, host, used)
     else:
         ip = first_free(host, used)
     option, value = address_option(guest, ip, host)
+    if option == "description":  # into the pvenat block: only when pvenat can read it
+        problem = _notes_error(guest)
+        if problem and wanted:
+            raise problem
+        if problem:
+            return "", {}  # the 'ip:' they may name is unknown; the warning says what to fix
     ctx.api.set_config(node, guest, **{option: value})
-    return f"address {ip} ({option})"
+    return ip, {option: value}
 
 
 def address_of(guest, host) -> str | None:
-    """The address pvenat uses for the guest: its plan's, else its NIC's static one."""
+    """The address the guest's config names on lan_bridge: its pvenat block's ip:, else
+    its NIC's static one (as plan.plan_guest takes it), also when the rest of its Notes
+    would refuse a start: a port outside the pool must not cost a guest its address."""
     try:
-        plan = plan_for(guest, host)
+        notes = spec.parse(guest.vmid, guest.config.get("description", ""), "")
     except PvenatError:
-        plan = None
-    return guest_address(guest, plan, host)
+        notes = None
+    return (notes and notes.ip) or spec.nic_address(guest.kind, guest.config, host.lan_bridge)
+
+
+def _notes_error(guest) -> PvenatError | None:
+    """Why the guest's Notes cannot be read at all (None when they can)."""
+    try:
+        spec.parse(guest.vmid, guest.config.get("description", ""), "")
+    except PvenatError as e:
+        return e
+    return None
 
 
 def used_addresses(ctx) -> dict[str, int]:

@@ -59,9 +59,12 @@ def _parser():
                    "name, type, status, address, error, and forwards (forward, proto, allow, "
                    "live, packets)")
     c = command("check", cmd_check, "validate a guest's Notes and tags, or Notes in a file, "
-                "without applying; print the plan and the iptables-restore lines a start "
-                "would apply", "pvenat check 101\n  pvenat check --notes notes.md 101  "
-                "# as if they were 101's Notes\n  pvenat check --notes - < notes.md")
+                "with the checks a start runs, without applying; print the plan and the "
+                "iptables-restore lines a start would apply. Notes in a file are checked "
+                "before the guest has an address too, and off a PVE node against the host "
+                "config alone; what could not be checked is named",
+                "pvenat check 101\n  pvenat check --notes notes.md 101  # as if they were "
+                "101's Notes\n  pvenat check --notes - < notes.md")
     c.add_argument("vmid", type=int, nargs="?", help="the guest; with --notes, the guest "
                    "whose NICs and running neighbours the file is checked against")
     c.add_argument("--notes", metavar="FILE", help="check this Notes text ('-': standard "
@@ -70,7 +73,9 @@ def _parser():
             ("attach", "set", "so that its forwards and its DHCP lease follow its starts "
              "and stops, and give a guest without an address on lan_bridge the first free "
              "one (into its config: an LXC NIC's ip=, cloud-init's ipconfigN, or the pvenat "
-             "block's ip:); another hookscript is left alone unless --force"),
+             "block's ip:); another hookscript is left alone unless --force. Then it runs "
+             "the checks a start runs and warns of each refusal a start would meet (exit 1): "
+             "the guest is attached all the same"),
             ("detach", "clear", "(pvenat's only, unless --force); its rules go at its next "
              "stop, or now with pvenat sync")):
         c = command(name, cmd_attach, f"{verb} the guests' hookscript option to "
@@ -128,38 +133,78 @@ def cmd_list(args, ctx) -> int:
 
 
 def cmd_check(args, ctx) -> int:
-    from . import hostnet, netfilter, ruleset, spec
-    from .plan import plan_for, plan_guest, summary
-    host = ctx.host
-    if args.vmid is None and args.notes is None:
+    """What a start would refuse, by pre-start's own checks (plan_for, hook.refusals), or
+    the plan and the rules it would apply. Notes from a file are checked before the guest
+    has an address, and off a PVE node against the host config alone: what needs the
+    node is named as not checked."""
+    from . import hostnet, ruleset
+    from .plan import plan_for, summary
+    from .pve import Guest
+    host, vmid = ctx.host, args.vmid
+    if vmid is None and args.notes is None:
         raise PvenatError("usage", "check what? give a VMID, or --notes FILE (see pvenat "
                           "check --help)")
-    if args.notes is not None and args.vmid is None:  # Notes alone: no guest, no kernel
-        source = "standard input" if args.notes == "-" else args.notes
-        parsed = spec.parse(0, read_notes(args.notes), "", source)
-        if parsed is None:
-            raise PvenatError("spec", f"{source}: no ```pvenat block")
-        plan = plan_guest(parsed, "qemu", {}, host)
-        print(summary(plan, hostnet.public(host).ip, source))
-        print("rules of its chain:")
-        print("\n".join(ruleset.guest_rules(plan)))
-        return 0
-    if args.notes is not None:
-        guest = ctx.configs.guest(host.pve.node_name(), args.vmid)
-        plan = plan_for(guest._replace(config=dict(guest.config,
-                                                   description=read_notes(args.notes))), host)
+    on_node = os.path.isdir(host.pve.config_dir)  # every PVE node has pmxcfs mounted
+    elsewhere = f"not a PVE node (no {host.pve.config_dir})"
+    known = vmid is not None and on_node  # a guest whose config pvenat reads
+    unchecked = []
+    if args.notes is None:
+        if not on_node:
+            raise PvenatError("pve", f"{elsewhere}, so guest {vmid}'s config is not here; "
+                              "check its Notes with --notes FILE")
+        guest = hook.load_guest(ctx, vmid)
+        plan = plan_for(guest, host)
+        who = ""
     else:
-        plan = hook.load_plan(ctx, args.vmid)
+        source = "standard input" if args.notes == "-" else args.notes
+        notes = read_notes(args.notes)
+        guest = ctx.configs.guest(host.pve.node_name(), vmid) if known else \
+            Guest(vmid or 0, "qemu", {})
+        if vmid is not None and not known:
+            unchecked.append(f"guest {vmid}'s NICs and tags: {elsewhere}")
+        guest = guest._replace(config=dict(guest.config, description=notes))
+        who = "" if vmid is not None else source
+        plan = plan_for(guest, host, who, need_address=False)
+        if plan is None and vmid is None:
+            raise PvenatError("spec", f"{source}: no ```pvenat block")
     if plan is None:
-        print(f"pvenat: {args.vmid}: not managed (no pvenat block in its Notes, no pvenat- tag)")
+        print(f"pvenat: {vmid}: not managed (no pvenat block in its Notes, no pvenat- tag)")
         return 0
-    public = hostnet.public(host)
-    with netfilter.locked(ctx.places.lock_path):
+    if plan.address is None:
+        unchecked.append("its address: no 'ip:' in the Notes, and " + (
+            f"guest {vmid} has no static address on {host.lan_bridge}" if known
+            else "no guest's NIC to take it from") + "; 'pvenat attach VMID' gives a guest one")
+    blind = []  # the kernel could not be read (not root, no iptables)
+    if on_node:
+        problems = hook.refusals(ctx, guest, plan, who)
+        blind = [e for e in problems if e.code == "netfilter"]
+        unchecked += [f"ports and addresses of the guests running here: {e.message}"
+                      for e in blind]
+        problems = [e for e in problems if e.code != "netfilter"]
+        for e in problems:
+            print(f"pvenat: error: {e.message}", file=sys.stderr)
+        if problems:
+            return 1
+    else:
+        unchecked.append("ports and addresses of the guests running on the node, DHCP "
+                         f"leases, its public address: {elsewhere}")
+    try:
+        public = hostnet.public(host)
+    except PvenatError:
+        if on_node:
+            raise
+        public = ruleset.Public(f"{host.wan_bridge}'s address")
+    print(summary(plan, public.ip, who))
+    if plan.address is not None and known and not blind:  # what a start would change
         current = ctx.kernel.read()
         script = ruleset.restore_script(current,
                                         hook.start_change(ctx, plan, public)(current)[0])
-    print(summary(plan, public.ip))
-    print(script, end="" if script else "rules: all in place\n")
+        print(script, end="" if script else "rules: all in place\n")
+    elif plan.address is not None:
+        print("rules of its chain:")
+        print("\n".join(ruleset.guest_rules(plan)))
+    for what in unchecked:
+        print(f"not checked: {what}")
     return 0
 
 
@@ -179,14 +224,17 @@ def read_notes(path: str) -> str:
 
 def cmd_attach(args, ctx) -> int:
     from . import attach
+    problems = []
     if args.command == "detach":
         lines = attach.detach(ctx, args.vmids, args.force)
     elif args.ip and len(args.vmids) > 1:
         raise PvenatError("usage", "--ip gives one guest its address; name one VMID")
     else:
-        lines = attach.attach(ctx, args.vmids, args.force, args.ip)
-    print("\n".join(lines))
-    return 0
+        lines, problems = attach.attach(ctx, args.vmids, args.force, args.ip)
+    print("\n".join(lines), flush=True)
+    for vmid, e in problems:
+        print(f"pvenat: {vmid}: warning: a start would refuse: {e.message}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_install(args, ctx) -> int:

@@ -71,15 +71,47 @@ def load_plan(ctx, vmid):
     return plan_for(load_guest(ctx, vmid), ctx.host)
 
 
+def running_here(current) -> Held:
+    """What the guests running on this node hold, as the kernel's tables record it."""
+    return Held(ruleset.held_claims(current), ruleset.guest_addresses(current))
+
+
 def start_change(ctx, plan, public):
     """The change a start makes, for netfilter.update: refused when another guest holds
     the ports or the address."""
     def change(current):
-        claims = ruleset.held_claims(current)
-        Held(claims, ruleset.guest_addresses(current)).check(plan)
-        wanted = ruleset.with_guest(current, ctx.host, public, plan.vmid, plan, claims)
+        held = running_here(current)
+        held.check(plan)
+        wanted = ruleset.with_guest(current, ctx.host, public, plan.vmid, plan,
+                                    held.all_claims())
         return wanted, wanted
     return change
+
+
+def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
+    """What a start of the guest would refuse beyond its own plan (plan_for's; None when
+    pvenat does not manage it), found by pre-start's own checks with nothing changed:
+    no public address, another guest's address or MAC in the DHCP leases, ports or an
+    address a guest running here holds. One entry per failed check.
+
+    For attach and check: an admin hears of a problem when making it, not at the next
+    start. No lock: nothing is written, and a start checks again under it."""
+    forwards = plan is not None and bool(plan.forwards)
+    mine = leases.leases_for(guest, plan, ctx.host)
+    checks = []
+    if forwards:
+        checks.append(lambda: hostnet.public(ctx.host))
+    if mine:
+        checks.append(lambda: leases.Holders(dhcp.read(ctx.places)).check(mine))
+    if forwards:
+        checks.append(lambda: running_here(ctx.kernel.read()).check(plan, who))
+    out = []
+    for check in checks:
+        try:
+            check()
+        except PvenatError as e:
+            out.append(e)
+    return out
 
 
 def stop_change(ctx, vmid):

@@ -22,8 +22,8 @@ def public(host) -> Public:
             for addr in iface.get("addr_info", []):
                 if addr.get("family") == "inet" and addr.get("scope") == "global":
                     return Public(str(ipaddress.IPv4Address(addr["local"])))
-    except (subprocess.CalledProcessError, ValueError, KeyError):
-        pass
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        pass  # no such bridge, or no ip command (not a PVE node): no address either way
     raise PvenatError("host", f"no IPv4 address on {host.wan_bridge} (public_ip: auto); "
                       "bring it up or set public_ip in the pvenat config")
 

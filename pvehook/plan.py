@@ -32,7 +32,7 @@ class Claim(NamedTuple):
 
 class GuestPlan(NamedTuple):
     vmid: int
-    address: str
+    address: str | None  # None only from plan_guest(need_address=False)
     forwards: tuple[Forward, ...]
 
     def claims(self) -> list[Claim]:
@@ -40,7 +40,11 @@ class GuestPlan(NamedTuple):
         return [Claim(f.proto, *f.public, self.vmid) for f in self.forwards]
 
 
-def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> GuestPlan:
+def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig,
+               need_address: bool = True) -> GuestPlan:
+    """The guest's checked plan. ``need_address=False`` (pvenat check --notes: Notes
+    checked before the guest has an address, which attach gives it) lets a guest with no
+    address at all through with ``address`` None; everything else is checked the same."""
     vmid, who = spec.vmid, spec.who
     address = spec.ip or nic_address(kind, config, host.lan_bridge)
     if address is None:
@@ -52,10 +56,12 @@ def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> Gu
                               f"{host.lan_bridge}'s own network where the gateway "
                               f"{host.lan_address.ip} is; remove the tag, or make "
                               f"{tagged.bridge} the lan_bridge")
-        raise PvenatError("spec", f"{who}: no address to forward to: its NIC on "
-                          f"{host.lan_bridge} has no static IPv4; add 'ip: ADDRESS' to its "
-                          "pvenat block or set a static address on the NIC")
-    _check_address(who, address, host)
+        if need_address:
+            raise PvenatError("no-address", f"{who}: no address to forward to: its NIC on "
+                              f"{host.lan_bridge} has no static IPv4; add 'ip: ADDRESS' to "
+                              "its pvenat block or set a static address on the NIC")
+    else:
+        _check_address(who, address, host)
     if spec.entries > host.max_forwards:
         raise PvenatError("spec", f"{who}: {spec.entries} forwards, more than the "
                           f"{host.max_forwards} allowed per guest (max_forwards); merge "
@@ -77,10 +83,13 @@ def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig) -> Gu
     return GuestPlan(vmid, address, spec.forwards)
 
 
-def plan_for(guest, host: HostConfig):
-    """A guest's checked plan from its config, or None when pvenat does not manage it."""
-    parsed = parse(guest.vmid, guest.config.get("description", ""), guest.config.get("tags", ""))
-    return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host)
+def plan_for(guest, host: HostConfig, source: str = "", need_address: bool = True):
+    """A guest's checked plan from its config, or None when pvenat does not manage it.
+    ``source``: the file its Notes came from, for messages (spec.parse)."""
+    parsed = parse(guest.vmid, guest.config.get("description", ""), guest.config.get("tags", ""),
+                   source)
+    return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host,
+                                                  need_address)
 
 
 def guest_address(guest, plan, host) -> str | None:
@@ -135,11 +144,13 @@ class Held:
             i -= 1
         return None
 
-    def check(self, plan: GuestPlan):
-        """Refuse a plan whose ports or address another guest already holds."""
+    def check(self, plan: GuestPlan, who: str = ""):
+        """Refuse a plan whose ports or address another guest already holds. ``who``
+        names the guest in messages (default "guest VMID")."""
+        who = who or f"guest {plan.vmid}"
         owner = self.addresses.get(plan.address)
         if owner is not None and owner != plan.vmid:
-            raise PvenatError("conflict", f"guest {plan.vmid}: address {plan.address} is "
+            raise PvenatError("conflict", f"{who}: address {plan.address} is "
                               f"already forwarded to guest {owner}, which is running on this "
                               f"node; give one of them another address (or run 'pvenat "
                               f"sync' if {owner} is no longer running here)")
@@ -147,7 +158,7 @@ class Held:
             c = self.overlapping(fwd.proto, *fwd.public, plan.vmid)
             if c is not None:
                 raise PvenatError(
-                    "conflict", f"guest {plan.vmid}, {fwd.origin}: {fwd.proto} public port "
+                    "conflict", f"{who}, {fwd.origin}: {fwd.proto} public port "
                     f"{max(c.lo, fwd.public[0])} is already forwarded to guest {c.vmid} "
                     f"({c.proto} {format_range(c.lo, c.hi)}), which is running on this node; "
                     f"pick other ports (or run 'pvenat sync' if {c.vmid} is no longer running "
@@ -164,4 +175,5 @@ def summary(plan: GuestPlan, public_ip: str, who: str = "") -> str:
         protos = merged.pop((f.public, f.guest, f.allow), None)
         if protos:
             parts.append(f"{'+'.join(protos)} {f.describe()}")
-    return f"pvenat: {who or plan.vmid} -> {plan.address} via {public_ip}: {', '.join(parts)}"
+    address = plan.address or "(no address yet)"
+    return f"pvenat: {who or plan.vmid} -> {address} via {public_ip}: {', '.join(parts)}"

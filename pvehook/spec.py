@@ -15,7 +15,7 @@ from .ports import format_range, parse_range
 MAX_BLOCK = 16 * 1024  # PVE itself caps Notes at 8 KiB; anything larger is not ours
 _FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*")
 _TAG = re.compile(r"pvenat-([0-9]{1,5}(?:-[0-9]{1,5})?)")
-# 10000-10099 | 2222:22 | 2222->22 (as pvenat prints it) | 8000-8009:9000-9009, then
+# 10000-10099 | 12222:22 | 12222->22 (as pvenat prints it) | 18000-18009:19000-19009, then
 # /tcp /udp /both in any case
 _RANGE = r"[0-9]{1,5}(?:-[0-9]{1,5})?"
 _ENTRY = re.compile(rf"({_RANGE})(?:(?::|->)({_RANGE}))?(?:/(tcp|udp|both))?", re.I)
@@ -31,7 +31,7 @@ class Forward(NamedTuple):
     public: tuple[int, int]
     guest: tuple[int, int]
     allow: tuple[str, ...] = ()  # source networks; empty means anyone
-    origin: str = ""  # where it was written, for messages: "Notes line 4", "tag pvenat-80"
+    origin: str = ""  # where it was written, for messages: "Notes line 4", "tag pvenat-18080"
 
     def ports(self) -> str:
         pub = format_range(*self.public)
@@ -73,7 +73,7 @@ def parse(vmid: int, description: str, tags: str, source: str = "") -> GuestSpec
         forwards += tag
     if not forwards and ip is None:
         raise PvenatError("spec", f"{who}: its pvenat block lists no forwards; add "
-                          "'forwards:' with entries such as '- 2222:22', or remove the block")
+                          "'forwards:' with entries such as '- 12222:22', or remove the block")
     return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries, who)
 
 
@@ -135,7 +135,7 @@ def _parse_block(at, body, first_line):
     root = yamlstrict.load(body, at, "spec", first_line)
     if root is None:
         raise PvenatError("spec", f"{at(first_line)}: the pvenat block is empty; "
-                          "add 'forwards:' with entries such as '- 2222:22'")
+                          "add 'forwards:' with entries such as '- 12222:22'")
     if not isinstance(root, yamlstrict.Map):
         raise PvenatError("spec", f"{at(root.line)}: the pvenat block needs keys "
                           "'forwards:' (and optionally 'ip:')")
@@ -156,7 +156,7 @@ def _parse_block(at, body, first_line):
         return ip, ([], 0)
     if node is None:
         raise PvenatError("spec", f"{at(root.line)}: no 'forwards:' key; add one "
-                          "with entries such as '- 2222:22'")
+                          "with entries such as '- 12222:22'")
     if not isinstance(node, yamlstrict.Seq):
         raise PvenatError("spec", f"{at(node.line)}: 'forwards' must be a list, "
                           "one '- entry' per line")
@@ -213,7 +213,7 @@ def _parse_entry(at, node):
     else:
         text = _text(node)
         if text is None:
-            raise PvenatError("spec", f"{where}: a forward is a line such as '- 2222:22' or "
+            raise PvenatError("spec", f"{where}: a forward is a line such as '- 12222:22' or "
                               "a mapping with ports, proto and allow")
     return _expand(text, allow, origin, where)
 
@@ -276,7 +276,7 @@ def _parse_tags(who, tags):
         if not m:
             raise PvenatError("spec", f"{who}: tag {_clip(tag)} looks like a pvenat tag "
                               "but is not one; use pvenat-PORT or pvenat-FIRST-LAST, such as "
-                              "pvenat-8080 or pvenat-10000-10099")
+                              "pvenat-18080 or pvenat-10000-10099")
         try:
             lo, hi = parse_range(m.group(1))
         except ValueError as e:

@@ -107,7 +107,7 @@ def _guests(ctx, config_path, root):
         try:
             plan_for(guest, ctx.host)
         except PvenatError as e:
-            if "no address to forward to" in e.message:
+            if e.code == "no-address":
                 no_address.append(str(info.vmid))
     return [("guests without the hookscript", not unhooked,
              ", ".join(unhooked) + " (run 'pvenat attach VMID')" if unhooked else "none"),

@@ -248,13 +248,26 @@ def test_check(lab):
     assert out.startswith("pvenat: 104 -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n")
     assert "-A PVENAT-104 -p udp -m multiport --dports 15000:15009 -j DNAT " \
         "--to-destination 172.22.161.180" in out
-    # standard input, and Notes that name no address
-    result = subprocess.run(lab.pvenat_argv("check", "--notes", "-"), capture_output=True,
-                            text=True, input="```pvenat\nforwards: [15000-15009/udp]\n```\n")
-    assert result.returncode == 1 and result.stderr == (
-        "pvenat: error: standard input: no address to forward to: its NIC on vmbr1 has no "
-        "static IPv4; add 'ip: ADDRESS' to its pvenat block or set a static address on the "
-        "NIC\n")
+    # standard input, and Notes that name no address: checked all the same, against the
+    # host config and the guests running here
+    def stdin(notes):
+        return subprocess.run(lab.pvenat_argv("check", "--notes", "-"), capture_output=True,
+                              text=True, input=f"```pvenat\n{notes}\n```\n")
+    result = stdin("forwards: [15000-15009/udp]")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (
+        "pvenat: standard input -> (no address yet) via 203.0.113.10: udp 15000-15009\n"
+        "not checked: its address: no 'ip:' in the Notes, and no guest's NIC to take it "
+        "from; 'pvenat attach VMID' gives a guest one\n")
+    result = stdin("forwards: [8080]")
+    assert (result.returncode, result.stderr) == (1, (
+        "pvenat: error: standard input, Notes line 2: public port 8080 is outside the port "
+        "pool (10000-60999); pick ports there\n"))
+    result = stdin("forwards: [11000, 12223]")
+    assert (result.returncode, result.stderr) == (1, (
+        "pvenat: error: standard input, Notes line 2: tcp public port 11000 is already "
+        "forwarded to guest 102 (tcp 11000), which is running on this node; pick other ports "
+        "(or run 'pvenat sync' if 102 is no longer running here)\n"))
     with open(notes, "wb") as f:
         f.write(b"```pvenat\nforwards: [15000]\n# caf\xe9\n```\n")
     assert lab.pvenat("check", "--notes", notes).stderr == (
@@ -267,7 +280,17 @@ def test_check(lab):
         result.stderr
 
 
+def reset_103(lab, **config):
+    """Guest 103, stopped and without the hookscript, with this config besides its NIC."""
+    lab.set_config(103)
+    lab.guests[103]["config"] = dict({"net0": "virtio=X,bridge=vmbr1", "name": "guest103"},
+                                     **config)
+    lab.write_fixture()
+
+
 def test_attach_and_detach_through_the_api(lab):
+    settle(lab)
+    reset_103(lab, description="```pvenat\nip: 172.22.161.173\n```", tags="pvenat-13000")
     assert run(lab, "attach", "103") == "pvenat: 103: hookscript set to local:snippets/pvenat.py\n"
     assert lab.fixture_config(103)["hookscript"] == "local:snippets/pvenat.py"
     assert run(lab, "attach", "103") == "pvenat: 103: already attached\n"
@@ -280,6 +303,50 @@ def test_attach_and_detach_through_the_api(lab):
     assert run(lab, "attach", "--force", "104") == (
         "pvenat: 104: hookscript set to local:snippets/pvenat.py; it is running: restart "
         "it, or run 'pvenat sync' to apply now\n")
+
+
+def test_attach_warns_of_what_a_start_would_refuse(lab):
+    """attach runs pre-start's own checks on the guest: it still attaches it (the
+    hookscript is what makes it managed), prints each refusal a start would meet, with
+    its fix, and exits 1."""
+    settle(lab)  # running here: 101 (its lease), 102 on 172.22.161.171 with 11000, 104
+    refused = ("guest 103, tag pvenat-11000: tcp public port 11000 is already forwarded to "
+               "guest 102 (tcp 11000), which is running on this node; pick other ports (or "
+               "run 'pvenat sync' if 102 is no longer running here)")
+    try:
+        reset_103(lab, description="```pvenat\nip: 172.22.161.173\n```", tags="pvenat-11000")
+        result = lab.pvenat("attach", "103")
+        assert (result.returncode, result.stdout, result.stderr) == (
+            1, "pvenat: 103: hookscript set to local:snippets/pvenat.py\n",
+            f"pvenat: 103: warning: a start would refuse: {refused}\n")
+        assert lab.fixture_config(103)["hookscript"] == "local:snippets/pvenat.py"
+        start = lab.hook(103, "pre-start")  # the start says the same
+        assert (start.returncode, start.stderr) == (1, f"pvenat: error: {refused}\n")
+
+        # every problem at once: 101's MAC, 102's address
+        lab.set_config(103, net0="virtio=BC:24:11:00:00:01,bridge=vmbr1", tags="",
+                       description="```pvenat\nip: 172.22.161.171\nforwards: [13000]\n```")
+        result = lab.pvenat("attach", "103")
+        assert (result.returncode, result.stdout) == (1, "pvenat: 103: already attached\n")
+        assert result.stderr.splitlines() == [
+            "pvenat: 103: warning: a start would refuse: guest 103: MAC BC:24:11:00:00:01 is "
+            "also guest 101's; give one of them another MAC (PVE makes a new one when the "
+            "NIC's address is left empty)",
+            "pvenat: 103: warning: a start would refuse: guest 103: address 172.22.161.171 is "
+            "already forwarded to guest 102, which is running on this node; give one of them "
+            "another address (or run 'pvenat sync' if 102 is no longer running here)"]
+        # Notes a start would refuse, on a guest without an address: it gets one all the same
+        reset_103(lab, description="```pvenat\nforwards: [8080]\n```",
+                  hookscript="local:snippets/pvenat.py")
+        result = lab.pvenat("attach", "103")
+        assert (result.returncode, result.stdout, result.stderr) == (
+            1, "pvenat: 103: address 172.22.161.1 (description)\n",
+            "pvenat: 103: warning: a start would refuse: guest 103, Notes line 3: public port "
+            "8080 is outside the port pool (10000-60999); pick ports there\n")
+        lab.set_config(103, description="```pvenat\nip: 172.22.161.1\nforwards: [18080]\n```")
+        assert lab.pvenat("attach", "103").returncode == 0  # fixed: nothing to say
+    finally:
+        reset_103(lab, tags="pvenat-13000")
 
 
 def test_status(lab):

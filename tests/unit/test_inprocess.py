@@ -1,6 +1,7 @@
 """Hooks and sync in process, on the in-memory kernel: the index path, its fallback to
 the kernel, post-stop, and what sync writes, without root or a network namespace."""
 
+import argparse
 import json
 import os
 import shutil
@@ -8,9 +9,9 @@ import shutil
 import pytest
 from memkernel import MemKernel
 
-from pvehook import hook, index, ruleset, sync
+from pvehook import attach, cli, hook, index, ruleset, sync
 from pvehook.config import HostConfig
-from pvehook.context import Context, Places
+from pvehook.context import HOOKSCRIPT, Context, Places
 from pvehook.errors import PvenatError
 from pvehook.pveconf import ConfigFiles
 
@@ -182,3 +183,112 @@ def test_post_stop_never_fails_the_stop(ctx, tmp_path):
     line = hook.run(ctx, 102, "post-stop")
     assert line.startswith("pvenat: 102: WARNING: rules not removed: ") and \
         line.endswith("Not a directory; run 'pvenat sync'")
+
+
+class ConfApi:
+    """pvesh set as PVE carries it out, for attach: the guest's .conf changes."""
+
+    def __init__(self, config_dir):
+        self.config_dir = config_dir
+
+    def set_config(self, node, guest, **options):
+        config = dict(guest.config)
+        config.pop(options.pop("delete", None), None)
+        write_conf(self.config_dir, guest.vmid, guest.kind, dict(config, **options), node)
+
+
+def write_conf(config_dir, vmid, kind, config, node="pve1"):
+    folder = "qemu-server" if kind == "qemu" else "lxc"
+    with open(os.path.join(config_dir, "nodes", node, folder, f"{vmid}.conf"), "w") as f:
+        f.write(render_conf(config))
+
+
+def refusal(ctx, vmid) -> str:
+    """What the guest's pre-start refuses its start with."""
+    with pytest.raises(PvenatError) as e:
+        hook.run(ctx, vmid, "pre-start")
+    return e.value.message
+
+
+NIC_103 = {"net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "ipconfig0": "ip=172.22.161.173/24"}
+
+
+@pytest.mark.parametrize("config", [
+    {"description": "```pvenat\nforwards: [8080]\n```"},  # outside port_pool
+    {"description": "```pvenat\nforwards: [10000-10010, 8006]\n```"},  # reserved
+    {"description": "```pvenat\nforwards:\n  - ports: 12222:22\n    allow: [192.0.2.1/24]\n"
+                    "```"},  # a bad allow-list
+    {"description": "```pvenat\nforwards:\n  - 12222 : 22\n```"},  # malformed Notes
+    {"tags": "pvenat-11000"},  # a port that a guest running here holds
+    {"description": "```pvenat\nip: 172.22.161.171\nforwards: [12000]\n```"},  # its address
+], ids=["outside the pool", "reserved", "allow-list", "malformed", "port held", "address held"])
+def test_attach_attaches_and_reports_what_a_start_would_refuse(ctx, config):
+    """The same refusal, word for word, as the start's: attach runs pre-start's checks."""
+    start(ctx, 102)  # running here: 172.22.161.171, tcp and udp 11000
+    ctx.api = ConfApi(ctx.host.pve.config_dir)
+    write_conf(ctx.host.pve.config_dir, 103, "qemu", dict(NIC_103, **config))
+    lines, problems = attach.attach(ctx, [103], False)
+    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
+    assert ctx.configs.guest("pve1", 103).config["hookscript"] == HOOKSCRIPT
+    assert [(vmid, e.message) for vmid, e in problems] == [(103, refusal(ctx, 103))]
+
+
+def test_attach_reports_each_problem_of_the_guest_as_its_next_start_reads_it(ctx):
+    start(ctx, 101)  # its DHCP lease has MAC BC:24:11:00:00:01
+    start(ctx, 102)
+    ctx.api = ConfApi(ctx.host.pve.config_dir)
+    # 101's MAC, 102's port, and no address yet: attach gives it one, in its pvenat block
+    write_conf(ctx.host.pve.config_dir, 103, "qemu", {
+        "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1",
+        "description": "```pvenat\nforwards: [11000]\n```"})
+    lines, problems = attach.attach(ctx, [103], False)
+    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}; address 172.22.161.1 "
+                     "(description)"]
+    assert [e.code for _, e in problems] == ["conflict", "conflict"]
+    first, second = (e.message for _, e in problems)
+    assert first == refusal(ctx, 103)  # the lease check comes first at pre-start
+    assert first.startswith("guest 103: MAC BC:24:11:00:00:01 is also guest 101's")
+    write_conf(ctx.host.pve.config_dir, 103, "qemu", dict(
+        ctx.configs.guest("pve1", 103).config, net0="virtio=BC:24:11:00:00:03,bridge=vmbr1"))
+    assert second == refusal(ctx, 103)  # line 3: attach wrote "ip:" above it
+    assert second.startswith("guest 103, Notes line 3: tcp public port 11000 is already "
+                             "forwarded to guest 102")
+
+
+def test_the_attach_command_warns_and_exits_1(ctx, capsys):
+    start(ctx, 102)
+    ctx.api = ConfApi(ctx.host.pve.config_dir)
+    args = argparse.Namespace(command="attach", vmids=[101, 103], force=False, ip=None)
+    assert cli.cmd_attach(args, ctx) == 1  # 103's tag pvenat-11000 is 102's port
+    out, err = capsys.readouterr()
+    assert out == (f"pvenat: 101: hookscript set to {HOOKSCRIPT}\n"
+                   f"pvenat: 103: hookscript set to {HOOKSCRIPT}\n")
+    assert err == ("pvenat: 103: warning: a start would refuse: guest 103, tag pvenat-11000: "
+                   "tcp public port 11000 is already forwarded to guest 102 (tcp 11000), which "
+                   "is running on this node; pick other ports (or run 'pvenat sync' if 102 is "
+                   "no longer running here)\n")
+    assert cli.cmd_attach(argparse.Namespace(command="attach", vmids=[101], force=False,
+                                             ip=None), ctx) == 0
+    assert capsys.readouterr() == ("pvenat: 101: already attached\n", "")
+
+
+def test_attach_keeps_the_address_of_notes_a_start_would_refuse(ctx):
+    """A port outside the pool must not cost the guest the address its block names."""
+    ctx.api = ConfApi(ctx.host.pve.config_dir)
+    notes = "```pvenat\nip: 172.22.161.173\nforwards: [8080]\n```"
+    write_conf(ctx.host.pve.config_dir, 103, "qemu", {
+        "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
+    lines, problems = attach.attach(ctx, [103], False)
+    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
+    assert ctx.configs.guest("pve1", 103).config["description"] == notes
+    assert [e.message for _, e in problems] == [refusal(ctx, 103)]
+    # Notes pvenat cannot read at all: it does not write an address into them
+    notes = "```pvenat\nip: 172.22.161.173\nforwards: [12222 : 22]\n```"
+    write_conf(ctx.host.pve.config_dir, 103, "qemu", {
+        "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
+    lines, problems = attach.attach(ctx, [103], False)
+    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
+    assert ctx.configs.guest("pve1", 103).config["description"] == notes
+    assert [e.message for _, e in problems] == [refusal(ctx, 103)]
+    with pytest.raises(PvenatError, match="'12222 : 22' reads as a YAML mapping"):
+        attach.attach(ctx, [103], False, "172.22.161.50")

@@ -1,8 +1,12 @@
 """Parsing a guest's Notes and tags: pure, no root."""
 
+import re
+
 import pytest
 
+from pvehook.config import HostConfig
 from pvehook.errors import PvenatError
+from pvehook.plan import plan_guest
 from pvehook.spec import Forward, nic_address, parse
 
 
@@ -119,3 +123,25 @@ def test_nics_as_pve_plugs_them():
            "tag=7,type=veth"}
     assert nic_address("lxc", lxc, "vmbr1") is None
     assert nic_address("lxc", lxc, "vmbr1v7") == "172.22.161.171"
+
+
+@pytest.mark.parametrize("notes,tags", [
+    (block(""), ""),  # an empty block
+    (block("{}"), ""),  # keys, but no forwards
+    (block("forwards: []"), ""),  # no entries
+    (block("forwards: [[10000]]"), ""),  # an entry that is a list
+    ("", "pvenat-x"),  # a tag that is not pvenat's
+], ids=["empty block", "no forwards key", "no entries", "a list as an entry", "bad tag"])
+def test_the_examples_messages_suggest_work_under_the_default_host_config(notes, tags):
+    """Following a message's advice must not lead to the next refusal: every forward and
+    tag it offers as an example plans under the defaults (port_pool 10000-60999)."""
+    with pytest.raises(PvenatError) as e:
+        parse(101, notes, tags)
+    entries = re.findall(r"'- ([^']+)'", e.value.message)
+    found = re.findall(r"\bpvenat-[0-9]+(?:-[0-9]+)?\b", e.value.message)
+    assert entries or found, e.value.message
+    nic = {"net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1", "ipconfig0": "ip=172.22.161.170/24"}
+    for entry in entries:
+        plan_guest(parse(101, block(f"forwards:\n  - {entry}"), ""), "qemu", nic, HostConfig())
+    for tag in found:
+        plan_guest(parse(101, "", tag), "qemu", nic, HostConfig())
