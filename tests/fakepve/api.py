@@ -13,7 +13,8 @@ holds it (write_confs). What it models, from PVE's source:
 - only root@pam may set or delete a guest's hookscript: a token gets qemu-server's
   "only root can set 'hookscript' config" (500) or pve-container's permission error
   (403); GET and PUT /storage/{id} need Datastore.Allocate, which PVEAuditor lacks;
-- a missing guest: "Configuration file 'nodes/N/qemu-server/V.conf' does not exist".
+- a missing guest: "Configuration file 'nodes/N/qemu-server/V.conf' does not exist";
+- POST /nodes/N/qemu and /lxc create a guest (stopped): new_config below.
 """
 
 import fcntl
@@ -21,9 +22,13 @@ import json
 import os
 import re
 import time
+import uuid
 from contextlib import contextmanager
 
 ROOT = "root@pam"
+# datacenter.cfg mac_prefix's default, the IEEE OUI of Proxmox (pve-cluster
+# src/PVE/DataCenterConfig.pm $PROXMOX_OUI)
+MAC_PREFIX = "BC:24:11"
 
 
 class ApiError(Exception):
@@ -91,7 +96,7 @@ def write_confs(data):
                                 g.get("pending"), g["type"]))
 
 
-def _find(data, node, kind, vmid):
+def find(data, node, kind, vmid):
     for g in data["guests"]:
         if g["vmid"] == vmid and g["type"] == kind and g["node"] == node:
             return g
@@ -157,6 +162,8 @@ def handle(path, method="GET", params=None, user=ROOT):
     if not m:
         raise ApiError(501, f"Method '{method} {path}' not implemented")
     node, kind, vmid, rest = m.group(1), m.group(2), m.group(3), m.group(4)
+    if vmid is None and method == "POST":
+        return create(fixture_path, node, kind, params)
     if vmid is None and method == "GET":
         with fixture(fixture_path) as data:
             return [_summary(g) for g in data["guests"] if g["node"] == node
@@ -164,10 +171,10 @@ def handle(path, method="GET", params=None, user=ROOT):
     vmid = int(vmid)
     if rest == "/status/current" and method == "GET":
         with fixture(fixture_path) as data:
-            return _summary(_find(data, node, kind, vmid))
+            return _summary(find(data, node, kind, vmid))
     if rest == "/config" and method == "GET":
         with fixture(fixture_path) as data:
-            return _config(_find(data, node, kind, vmid), params.get("current") == "1")
+            return _config(find(data, node, kind, vmid), params.get("current") == "1")
     if rest == "/config" and method == "PUT":
         deleted = [k for k in str(params.pop("delete", "")).split(",") if k]
         if user != ROOT and ("hookscript" in params or "hookscript" in deleted):
@@ -176,7 +183,7 @@ def handle(path, method="GET", params=None, user=ROOT):
             raise ApiError(403, "Permission check failed (changing the hookscript is only "
                            "allowed for root@pam)")  # pve-container PVE/LXC.pm
         with fixture(fixture_path, write=True) as data:
-            config = _find(data, node, kind, vmid)["config"]
+            config = find(data, node, kind, vmid)["config"]
             for key in deleted:
                 config.pop(key, None)
             params.pop("digest", None)
@@ -184,3 +191,87 @@ def handle(path, method="GET", params=None, user=ROOT):
             write_confs(data)
         return None
     raise ApiError(501, f"Method '{method} {path}' not implemented")
+
+
+def random_ether_addr(prefix: str = MAC_PREFIX) -> str:
+    """pve-common src/PVE/Tools.pm random_ether_addr: six random bytes, the first with the
+    multicast bit cleared and the local bit set, then the prefix written over the start."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 2
+    addr = ":".join(f"{b:02X}" for b in octets)
+    return prefix.upper() + addr[len(prefix):]
+
+
+def new_config(kind: str, vmid: int, params: dict) -> dict:
+    """The config create_vm writes for these options.
+
+    QEMU (qemu-server src/PVE/API2/Qemu.pm create_vm): each netN gets a MAC when it has
+    none (src/PVE/QemuServer/Network.pm parse_net, print_net: model=MAC first); a new
+    disk STORAGE:SIZE becomes STORAGE:vm-VMID-disk-N,size=SIZEG (create_disks); boot
+    order first disk, first CD-ROM, first NIC (get_default_bootdevices); smbios1 and
+    vmgenid get UUIDs; meta records the creation.
+    LXC (pve-container src/PVE/API2/LXC.pm create_vm): netN gets hwaddr and type=veth
+    (src/PVE/LXC/Config.pm parse_lxc_network; printed with name first, the rest sorted,
+    as print_property_string does); rootfs defaults to 4 GB on storage 'local'; arch
+    and ostype come from the template (here from its name: it is not unpacked).
+    """
+    config = {k: v for k, v in params.items() if k not in ("ostemplate", "storage")}
+    for key in sorted(k for k in params if re.fullmatch(r"net[0-9]+", k)):
+        opts = [p for p in params[key].split(",") if p]
+        if kind == "qemu":
+            model, _, mac = opts[0].partition("=")
+            config[key] = ",".join([f"{model}={mac or random_ether_addr()}",
+                                    *sorted(opts[1:])])
+        else:
+            fields = dict(p.partition("=")[::2] for p in opts)
+            fields.setdefault("hwaddr", random_ether_addr())
+            fields["type"] = "veth"
+            name = fields.pop("name")
+            config[key] = ",".join([f"name={name}",
+                                    *[f"{k}={v}" for k, v in sorted(fields.items())]])
+    if kind == "qemu":
+        disks = 0
+        for key in sorted(params):
+            m = re.fullmatch(r"(ide|sata|scsi|virtio)[0-9]+", key)
+            size = re.fullmatch(r"(?:([^/:\s]+):)?([0-9]+)", params[key].split(",")[0])
+            if m and size:  # qemu-server src/PVE/QemuServer/Drive.pm $NEW_DISK_RE
+                volume = f"{size.group(1) or 'local'}:vm-{vmid}-disk-{disks}"
+                config[key] = ",".join([volume, *params[key].split(",")[1:],
+                                        f"size={size.group(2)}G"])
+                disks += 1
+        order = ["ide", "scsi", "virtio", "sata"]  # Drive.pm valid_drive_names
+        drives = sorted((k for k in config if re.fullmatch(r"(ide|sata|scsi|virtio)[0-9]+", k)),
+                        key=lambda k: (order.index(re.match(r"[a-z]+", k).group()),
+                                       int(re.search(r"[0-9]+", k).group())))
+        cdrom = [k for k in drives if "media=cdrom" in config[k]]
+        boot = [k for k in drives if k not in cdrom][:1] + cdrom[:1] + sorted(
+            (k for k in config if re.fullmatch(r"net[0-9]+", k)), key=lambda k: int(k[3:]))[:1]
+        if boot:
+            config["boot"] = "order=" + ";".join(boot)
+        config["smbios1"] = f"uuid={uuid.uuid4()}"
+        config["vmgenid"] = str(uuid.uuid4())
+        config["meta"] = f"creation-qemu=9.0.2,ctime={int(time.time())}"  # PVE 8.3's QEMU
+    else:
+        template = os.path.basename(params.get("ostemplate", ""))
+        config.setdefault("rootfs", f"{params.get('storage', 'local')}:{vmid}/"
+                          f"vm-{vmid}-disk-0.raw,size=4G")
+        config.setdefault("arch", "amd64")
+        config.setdefault("ostype", template.split("-")[0] or "unmanaged")
+    return config
+
+
+def create(fixture_path, node, kind, params):
+    """POST /nodes/{node}/qemu|lxc: a new stopped guest, unless the VMID is taken anywhere in
+    the cluster (pve-cluster src/PVE/Cluster.pm check_vmid_unused)."""
+    params = dict(params)
+    vmid = int(params.pop("vmid"))
+    with fixture(fixture_path, write=True) as data:
+        for g in data["guests"]:
+            if g["vmid"] == vmid:
+                raise ApiError(500, f"unable to create {'VM' if kind == 'qemu' else 'CT'} "
+                               f"{vmid} - {'VM' if g['type'] == 'qemu' else 'CT'} {vmid} "
+                               f"already exists on node '{g['node']}'")
+        data["guests"].append({"vmid": vmid, "type": kind, "node": node, "status": "stopped",
+                               "config": new_config(kind, vmid, params)})
+        write_confs(data)
+    return None
