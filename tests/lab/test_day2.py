@@ -248,6 +248,7 @@ def test_check(lab):
     assert out.startswith("pvenat: 104 -> 172.22.161.180 via 203.0.113.10: udp 15000-15009\n")
     assert "-A PVENAT-104 -p udp -m multiport --dports 15000:15009 -j DNAT " \
         "--to-destination 172.22.161.180" in out
+
     # standard input, and Notes that name no address: checked all the same, against the
     # host config and the guests running here
     def stdin(notes):
