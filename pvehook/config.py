@@ -55,6 +55,10 @@ class HostConfig(NamedTuple):
     dhcp: bool = True  # DHCP and DNS on lan_bridge (dnsmasq): static leases for guests
     dhcp_range: tuple = ()  # (first, last) addresses for guests pvenat does not know
     dns_servers: tuple = ()  # where the guests' DNS goes; () = the host's resolv.conf
+    # wan-side networks that may reach guests directly, routing the guest subnet via the
+    # host (no NAT, every port); anything else from wan_bridge that pvenat's forwards
+    # did not DNAT is dropped
+    allow_routed: tuple = ()
     pve: PveSettings = PveSettings()
 
     @property
@@ -226,6 +230,24 @@ def _addresses(value, *_):
     return tuple(str(ipaddress.IPv4Address(t)) for t in texts)
 
 
+def _networks(value, *_):
+    items = value.items if isinstance(value, yamlstrict.Seq) else (value,)
+    out = []
+    for text in (_scalar(i) for i in items):
+        try:
+            net = ipaddress.IPv4Network(text)
+        except ValueError:
+            try:
+                net = ipaddress.IPv4Network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IPv4 network; write one such as "
+                                 "198.51.100.0/24 or 198.51.100.7") from None
+            raise ValueError(f"{text!r} has host bits set; write the network, "
+                             f"{net}") from None
+        out.append(str(net))
+    return tuple(out)
+
+
 def _verify(value, *_):
     text = _scalar(value)
     if text not in ("pve", "true", "false") and not text.startswith("/"):
@@ -251,5 +273,5 @@ FIELDS = {
     "wan_bridge": _ifname, "public_ip": _public_ip, "lan_bridge": _ifname,
     "lan_address": _interface, "port_pool": _ports, "reserved_ports": _ports,
     "max_forwards": _count, "log_file": _text, "dhcp": _flag, "dhcp_range": _address_range,
-    "dns_servers": _addresses, "pve": _pve,
+    "dns_servers": _addresses, "allow_routed": _networks, "pve": _pve,
 }

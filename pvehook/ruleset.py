@@ -31,7 +31,9 @@ ZONE = "PVENAT-ZONE"
 DNAT = "PVENAT-DNAT"
 POSTROUTING = "PVENAT-POSTROUTING"
 FORWARD = "PVENAT-FORWARD"
-TABLES = ("raw", "nat", "filter")
+INBOUND = "PVENAT-INBOUND"  # mangle: the NAT boundary, wan_bridge -> the guest subnet
+INPUT = "PVENAT-INPUT"  # filter: DHCP and DNS from the guests to the host
+TABLES = ("raw", "mangle", "nat", "filter")
 # The conntrack zone of packets bridged through PVE's firewall bridges: the one PVE's
 # own docs (pve-network.adoc) and SDN zones with SNAT use, so that both agree.
 FIREWALL_BRIDGE_ZONE = 1
@@ -53,14 +55,20 @@ def is_tree_chain(chain: str) -> bool:
 
 
 class Table:
-    """pvenat's part of one table."""
+    """pvenat's part of one table.
 
-    def __init__(self, chains=None, jumps=None):
+    ``first``: jumps that sit at the head of their built-in chain. Read from the kernel,
+    the jumps that are its first rule; wanted, the jumps that must be (at most one per
+    chain), which are inserted there and put back there when another rule came before.
+    """
+
+    def __init__(self, chains=None, jumps=None, first=None):
         self.chains = {} if chains is None else chains  # chain -> tuple of rule specs
         self.jumps = [] if jumps is None else jumps  # (built-in chain, rule spec), in order
+        self.first = frozenset() if first is None else frozenset(first)  # of jumps
 
     def copy(self) -> "Table":
-        return Table(dict(self.chains), list(self.jumps))
+        return Table(dict(self.chains), list(self.jumps), self.first)
 
 
 Tables = dict  # "nat"/"filter" -> Table
@@ -77,8 +85,9 @@ class Public(NamedTuple):
 # --- rendering -------------------------------------------------------------------------
 
 def base(host, public: Public) -> Tables:
-    """The host-wide part: the firewall bridges' conntrack zone, jumps, hairpin
-    MASQUERADE, outbound SNAT, FORWARD accept."""
+    """The host-wide part: the firewall bridges' conntrack zone, the NAT boundary, jumps,
+    hairpin MASQUERADE, outbound SNAT, FORWARD accept, and with DHCP on the guests'
+    DHCP and DNS to the host."""
     public_ip = public.ip
     pub = f"{public_ip}/32"
     lan = str(host.lan_network)
@@ -102,14 +111,53 @@ def base(host, public: Public) -> Tables:
     filt = Table(
         chains={FORWARD: (f"-m conntrack --ctstate DNAT --ctorigdst {public_ip} -j ACCEPT",)},
         jumps=[("FORWARD", f"-j {FORWARD}")])
+    if host.dhcp:
+        # pve-firewall's host chain (datacenter firewall on, input policy DROP) lets
+        # neither DHCP nor DNS from a bridge through (Firewall.pm enable_host_firewall;
+        # PVEFW-DropBroadcast drops the DISCOVER). This jump sits first in INPUT: ahead
+        # of PVEFW-INPUT, which pve-firewall appends when missing, and of an admin's own
+        # drops. It lets through only what dnsmasq serves, on lan_bridge alone.
+        dns_to = f"-s {lan} -d {host.lan_address.ip}/32"
+        filt.chains[INPUT] = (
+            f"{port_match('udp', 67, 67)} -j ACCEPT",  # from 0.0.0.0 too: no -s
+            f"{dns_to} {port_match('udp', 53, 53)} -j ACCEPT",
+            f"{dns_to} {port_match('tcp', 53, 53)} -j ACCEPT")
+        input_jump = ("INPUT", f"-i {host.lan_bridge} -j {INPUT}")
+        filt.jumps.append(input_jump)
+        filt.first = frozenset({input_jump})
+    # The NAT boundary. A neighbour on wan_bridge's segment can route the guest subnet
+    # via the host's public address and reach any guest port, past "only forwarded
+    # ports" and allow-lists: FORWARD's policy is ACCEPT on a stock node. In the host's
+    # routed pass from wan_bridge, a packet for the guest subnet passes only as part of
+    # a connection something DNATed (pvenat's forwards, or a DNAT rule of the admin's),
+    # as a reply (ESTABLISHED, RELATED), or from a network the admin allows
+    # (allow_routed); the rest is dropped. In mangle FORWARD because filter FORWARD is
+    # pve-firewall's too: its PVEFW-FORWARD may come first and ACCEPT there
+    # (RELATED,ESTABLISHED; an admin's rules), and it writes filter and raw only, never
+    # mangle. mangle FORWARD runs before filter FORWARD, after DNAT (nat PREROUTING),
+    # so the drop comes before any ACCEPT and sees the DNAT state; a drop takes nothing
+    # from pve-firewall, which decides everything that passes here, as before. The
+    # firewall bridges' bridged pass (-i fwbrN) and guests' own traffic (-i lan_bridge)
+    # never match the jump.
+    mangle = Table(
+        chains={INBOUND: (
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+            "-m conntrack --ctstate DNAT -j RETURN",
+            *(f"-s {net} -j RETURN" for net in host.allow_routed),
+            "-j DROP")},
+        jumps=[("FORWARD", f"-d {lan} -i {host.wan_bridge} -j {INBOUND}")])
     # With br_netfilter, a packet bridged through a guest's firewall bridge meets
     # conntrack there and again on the lan bridge, where the host routes and NATs it. In
     # one zone the first pass would decide "no NAT" for the second, or see its NATed
     # packet as new; so the firewall bridges get a zone of their own (README, "Guests
-    # behind the PVE firewall").
+    # behind the PVE firewall"). The jump sits first in raw PREROUTING: xt_CT ignores a
+    # second CT target on a packet, and pve-firewall's PVEFW-PREROUTING (appended when
+    # missing) holds "-j CT --helper X" with nf_conntrack_helpers; pve-network's SDN
+    # zones insert their zone rule (-I) for the same reason.
+    zone_jump = ("PREROUTING", f"-i fwbr+ -j {ZONE}")
     raw = Table(chains={ZONE: (f"-j CT --zone {FIREWALL_BRIDGE_ZONE}",)},
-                jumps=[("PREROUTING", f"-i fwbr+ -j {ZONE}")])
-    return {"raw": raw, "nat": nat, "filter": filt}
+                jumps=[zone_jump], first={zone_jump})
+    return {"raw": raw, "mangle": mangle, "nat": nat, "filter": filt}
 
 
 def guest_rules(plan: GuestPlan) -> tuple:
@@ -276,21 +324,32 @@ def with_base(current: Tables, host, public: Public, claims=None) -> Tables:
     for table, wanted in base(host, public).items():
         tables[table].chains.update(wanted.chains)
         tables[table].jumps = merge_jumps(tables[table].jumps, wanted.jumps)
+        tables[table].first = wanted.first
     tables["nat"].chains[DNAT] = tuple(dnat_rules(claims))
     return tables
 
 
-def base_in_place(current: Tables, host, public: Public) -> bool:
-    """Whether the host-wide rules and jumps are all there (PVENAT-DNAT aside: it
-    follows the guests)."""
+def base_missing(current: Tables, host, public: Public) -> list[str]:
+    """What of the host-wide rules is not there as it should be (PVENAT-DNAT aside: it
+    follows the guests): chains, jumps, and jumps that are not first in their chain,
+    each named as ``table chain``."""
     wanted = base(host, public)
-    return all(current[t].chains.get(c) == rules for t in TABLES
-               for c, rules in wanted[t].chains.items() if c != DNAT) and all(
-        j in current[t].jumps for t in TABLES for j in wanted[t].jumps)
+    out = []
+    for t in TABLES:
+        have, want = current[t], wanted[t]
+        out += [f"{t} {c}" for c, rules in want.chains.items()
+                if c != DNAT and have.chains.get(c) != rules]
+        out += [f"{t} {chain} jump {spec.rsplit(' ', 1)[-1]}" for chain, spec in want.jumps
+                if (chain, spec) not in have.jumps]
+        out += [f"{t} {chain} jump {spec.rsplit(' ', 1)[-1]} (not first)"
+                for chain, spec in want.first
+                if (chain, spec) in have.jumps and (chain, spec) not in have.first]
+    return out
 
 
 def keep_jumps(wanted: Tables, current: Tables) -> Tables:
-    """``wanted`` with the jumps already in the kernel left where they are."""
+    """``wanted`` with the jumps already in the kernel left where they are (those that
+    must be first are put back there)."""
     for table in TABLES:
         wanted[table].jumps = merge_jumps(current[table].jumps, wanted[table].jumps)
     return wanted
@@ -307,6 +366,8 @@ def merge_jumps(have, want):
 def parse_save(text: str) -> Table:
     """pvenat's chains and jumps out of ``iptables-save -t TABLE`` output."""
     table = Table()
+    seen = set()  # built-in chains whose first rule has gone by
+    first = set()
     for line in text.splitlines():
         if line.startswith(":" + PREFIX):
             table.chains[line[1:].split(" ", 1)[0]] = []
@@ -314,9 +375,14 @@ def parse_save(text: str) -> Table:
             _, chain, spec = line.split(" ", 2)
             if chain.startswith(PREFIX):
                 table.chains[chain].append(spec)
-            elif f"-j {PREFIX}" in spec or f"-g {PREFIX}" in spec:
+                continue
+            if f"-j {PREFIX}" in spec or f"-g {PREFIX}" in spec:
                 table.jumps.append((chain, spec))
+                if chain not in seen:
+                    first.add((chain, spec))
+            seen.add(chain)
     table.chains = {k: tuple(v) for k, v in table.chains.items()}
+    table.first = frozenset(first)
     return table
 
 
@@ -362,8 +428,10 @@ def restore_script(current: Tables, wanted: Tables) -> str:
     """The iptables-restore --noflush input that turns ``current`` into ``wanted``.
 
     Only chains whose rules differ are rewritten (a declared chain is flushed first);
-    chains no longer wanted are flushed and deleted after every reference is gone.
-    Empty when nothing differs. Each table is one atomic commit.
+    chains no longer wanted are flushed and deleted after every reference is gone. A
+    jump that must be first is inserted at the head of its chain, and one that is
+    there but not first is taken out and inserted again. Empty when nothing differs.
+    Each table is one atomic commit.
     """
     out = []
     for t in TABLES:
@@ -371,16 +439,19 @@ def restore_script(current: Tables, wanted: Tables) -> str:
         changed = [c for c in want.chains if have.chains.get(c) != want.chains[c]]
         gone = [c for c in have.chains if c not in want.chains]
         drop = [j for j in have.jumps if j not in want.jumps]
+        move = [j for j in want.jumps if j in want.first and j in have.jumps
+                and j not in have.first]
         add = [j for j in want.jumps if j not in have.jumps]
-        if not (changed or gone or drop or add):
+        if not (changed or gone or drop or move or add):
             continue
         out.append(f"*{t}")
         out += [f":{c} - [0:0]" for c in changed]
-        out += [f"-D {chain} {spec}" for chain, spec in drop]
+        out += [f"-D {chain} {spec}" for chain, spec in drop + move]
         out += [f"-F {c}" for c in gone]
         for c in changed:
             out += [f"-A {c} {rule}" for rule in want.chains[c]]
-        out += [f"-A {chain} {spec}" for chain, spec in add]
+        out += [f"-I {chain} 1 {spec}" if (chain, spec) in want.first else
+                f"-A {chain} {spec}" for chain, spec in move + add]
         out += [f"-X {c}" for c in gone]
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

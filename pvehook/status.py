@@ -61,9 +61,12 @@ def _forwarding(ctx, config_path, root):
 
 
 def _rules(ctx, config_path, root):
-    ok = ruleset.base_in_place(ctx.kernel.read(), ctx.host, hostnet.public(ctx.host))
-    return [("rules", ok, "SNAT, hairpin and jumps in place" if ok else
-             "base rules missing or changed; run 'pvenat sync' (or 'pvenat install')")]
+    """The base rules, the NAT boundary and (with DHCP on) the guests' DHCP and DNS to
+    the host included; jumps that must be first are checked to be first."""
+    missing = ruleset.base_missing(ctx.kernel.read(), ctx.host, hostnet.public(ctx.host))
+    return [("rules", not missing, "SNAT, hairpin and jumps in place" if not missing else
+             f"base rules missing or changed ({', '.join(missing)}); run 'pvenat sync' "
+             "(or 'pvenat install')")]
 
 
 def _units(ctx, config_path, root):

@@ -145,6 +145,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
     host, places = ctx.host, ctx.places
     public = hostnet.public(host)
     last = None if dry_run else LastSync.load(places.state_dir)
+    heads = {t: table.first for t, table in ruleset.base(host, public).items()}
 
     def change(current):
         here = hostnet.guests_here(places.sysfs)
@@ -163,7 +164,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
         plans = {v: p for v, p in planned.plans.items() if v not in stopped}
         keep = (planned.broken - stopped) | busy
         inputs = LastSync.inputs(host, public, plans, keep)
-        if last and last.digest == LastSync.digest(inputs, current):
+        if last and last.digest == LastSync.digest(inputs, current, heads):
             # The kernel is as the last sync left it, and nothing that sync decided from
             # has changed: it would decide the same again.
             result.problems.update(last.problems)
@@ -173,7 +174,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
             index.drop(places.state_dir)  # while the kernel changes, hooks read the kernel
         before = set(result.problems)
         wanted, held = reconcile(current, host, public, plans, keep, result)
-        return wanted, (held, LastSync(LastSync.digest(inputs, wanted), {
+        return wanted, (held, LastSync(LastSync.digest(inputs, wanted, heads), {
             v: m for v, m in result.problems.items() if v not in before}))
 
     if dry_run:
@@ -205,9 +206,11 @@ class LastSync:
         return repr((__version__, host, public, sorted(plans.items()), sorted(keep)))
 
     @staticmethod
-    def digest(inputs: str, tables: ruleset.Tables) -> str:
-        kernel = repr(sorted((name, sorted(t.chains.items()), t.jumps)
-                             for name, t in tables.items()))
+    def digest(inputs: str, tables: ruleset.Tables, heads: dict) -> str:
+        """``heads``: {table: the jumps that must be first}; whether those are is part of
+        the kernel's state (whichever others happen to be first is not)."""
+        kernel = repr(sorted((name, sorted(t.chains.items()), t.jumps,
+                              sorted(t.first & heads[name])) for name, t in tables.items()))
         return hashlib.sha1((inputs + kernel).encode()).hexdigest()
 
     @classmethod

@@ -13,7 +13,15 @@ class MemKernel:
         self.forgotten = []  # guest addresses whose tracked connections were dropped
 
     def read(self):
-        return {t: ruleset.Table(dict(v.chains), list(v.jumps)) for t, v in self.tables.items()}
+        """As the real kernel reads back: a jump is first when no rule comes before it
+        in its chain (no other tool's rules here)."""
+        out = {}
+        for t, v in self.tables.items():
+            heads = {}
+            for chain, spec in v.jumps:
+                heads.setdefault(chain, (chain, spec))
+            out[t] = ruleset.Table(dict(v.chains), list(v.jumps), heads.values())
+        return out
 
     def has_chain(self, table, chain):
         return chain in self.tables[table].chains
@@ -44,6 +52,10 @@ class MemKernel:
                     table.chains[words[1]] += (words[2],)
                 else:
                     table.jumps.append((words[1], words[2]))
+            elif words[0] == "-I":  # -I CHAIN 1 SPEC: a jump at the head of its chain
+                position, spec = words[2].split(" ", 1)
+                assert position == "1" and not words[1].startswith(ruleset.PREFIX), line
+                table.jumps.insert(0, (words[1], spec))
             elif words[0] == "-D":
                 if (words[1], words[2]) not in table.jumps:
                     raise KernelRefused("iptables-restore", f"no such rule: {line}")

@@ -1,5 +1,6 @@
-"""Install step: pvenat's base rules (outbound SNAT, hairpin MASQUERADE, the jumps); on
-uninstall every pvenat chain and jump, guests' included."""
+"""Install step: pvenat's base rules (outbound SNAT, hairpin MASQUERADE, the NAT boundary,
+DHCP and DNS to the host, the jumps); on uninstall every pvenat chain and jump, guests'
+included, in every table pvenat writes (ruleset.TABLES)."""
 
 from .. import hostnet, index, netfilter, ruleset
 from .actions import Action, Do
@@ -11,7 +12,8 @@ def install(env):
     script = ruleset.restore_script(current, ruleset.with_base(current, env.host, public))
     if not script:
         return None
-    return Action("add pvenat's base rules: outbound SNAT, hairpin, jumps (iptables)",
+    return Action("add pvenat's base rules: outbound SNAT, hairpin, NAT boundary, "
+                  "DHCP and DNS in, jumps (iptables)",
                   Do(script, lambda: _change(env, lambda cur: ruleset.with_base(
                       cur, env.host, public))))
 

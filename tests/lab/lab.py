@@ -1,13 +1,14 @@
 """A simulated PVE host in network namespaces, with real bridges, veths and iptables.
 
   inet (203.0.113.1, 192.0.2.7) ── eno1 ── vmbr0 203.0.113.10   [host]
-                                           vmbr1 172.22.161.254 ── tap101i0 ── g101 .170
-                                                                 └─ veth102i0 ── g102 .171
+  neighbour 203.0.113.2 ─── nb0 ──┘ vmbr1 172.22.161.254 ── tap101i0 ── g101 .170
+  (on first use: neighbour())                            └─ veth102i0 ── g102 .171
 
 Guests' host-side ports carry PVE's names. Nothing outside the lab's namespaces is
 touched, and close() removes them all, also after a failure.
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -29,6 +30,9 @@ NETPROBE = os.path.join(HERE, "netprobe.py")
 PUBLIC_IP = "203.0.113.10"
 PEER_IP = "203.0.113.1"
 LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
+# Another machine on vmbr0's segment (a hoster's other customer) that routes the guest
+# subnet via the host's public address: lab.neighbour()
+NEIGHBOUR_IP = "203.0.113.2"
 HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
 DNS_ANSWER = "198.51.100.80"  # what the internet's DNS server says www.example.test is
 # Debian's ifupdown2 unpacked for the lab (tests/lab/private-ifupdown2): the machine's own
@@ -110,7 +114,8 @@ def sh(*argv, check=True, input=None):
 class Lab:
     def __init__(self, guests, br_netfilter=True, backend="local", config_source="files",
                  lan="172.22.161.254/24", lan_bridge=True, prefix=None, firewall=None,
-                 vlan=None, python=sys.executable):
+                 vlan=None, python=sys.executable, host_firewall=False,
+                 conntrack_helpers=()):
         """``guests``: {vmid: {kind, config, node?, address?, serve?, vm_firewall?}}.
 
         A guest with an address gets a namespace answering on ``serve`` ("tcp:22", ...),
@@ -120,7 +125,10 @@ class Lab:
         ``vm_firewall`` (a list of IN rules) enables its own chains, policy DROP.
         ``vlan=5``: vmbr1 bridges a physical port eno2, and the guests' network is VLAN 5
         on it, the bridge vmbr1v5 over eno2.5 (the lan_bridge), where PVE puts NICs with
-        bridge=vmbr1,tag=5.
+        bridge=vmbr1,tag=5. With ``firewall="iptables"``, ``host_firewall=True``: the
+        datacenter firewall's host chains are loaded too (input policy DROP);
+        ``conntrack_helpers=["ftp"]``: the host option nf_conntrack_helpers, pve-firewall's
+        CT --helper rules in raw.
         """
         self.prefix = prefix or f"pvn{os.getpid() % 100000}"
         self.host = f"{self.prefix}-host"
@@ -135,6 +143,8 @@ class Lab:
         self.lan_name = f"vmbr1v{vlan}" if vlan else "vmbr1"
         self.gateway, self.prefixlen = lan.split("/")
         self.node = pvenode.Node(self.host, firewall)
+        self.host_firewall = host_firewall
+        self.conntrack_helpers = tuple(conntrack_helpers)
         self.namespaces = []
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
@@ -278,8 +288,9 @@ class Lab:
         self.plug(vmid)
 
     def load_pve_firewall(self):
-        """pve-firewall's filter rules for the guests behind firewall bridges, applied as
-        it applies them (iptables-restore -n, its FORWARD jump appended if missing)."""
+        """pve-firewall's rules for the guests behind firewall bridges (and the host's, with
+        host_firewall; raw's CT helpers, with conntrack_helpers), applied as it applies
+        them every 10 s: iptables-restore -n, its jumps appended where missing."""
         nics, vm_fw = {}, {}
         for vmid, guest in self.guests.items():
             opts = self.nic(vmid) if "net0" in guest["config"] else {}
@@ -291,10 +302,35 @@ class Lab:
                 if "vm_firewall" in guest:
                     vm_fw[port] = guest["vm_firewall"]
         restore = ["ip", "netns", "exec", self.host, "iptables-legacy-restore", "-n"]
-        sh(*restore, input=pvenode.firewall_rules(nics, vm_fw))
-        jump = pvenode.forward_jump(self.iptables_save("-t", "filter"))
-        if jump:
-            sh(*restore, input=jump)
+        sh(*restore, input=pvenode.firewall_rules(nics, vm_fw, host=self.host_firewall))
+        if self.conntrack_helpers:
+            sh(*restore, input=pvenode.raw_rules(self.conntrack_helpers))
+        for table in ("filter", "raw"):
+            jumps = pvenode.missing_jumps(self.iptables_save("-t", table), table)
+            if jumps:
+                sh(*restore, input=jumps)
+
+    def stop_pve_firewall(self):
+        """systemctl stop pve-firewall: its jumps and chains gone, in filter and raw."""
+        restore = ["ip", "netns", "exec", self.host, "iptables-legacy-restore", "-n"]
+        for table in ("filter", "raw"):
+            sh(*restore, input=pvenode.removal_script(self.iptables_save("-t", table), table))
+
+    def neighbour(self) -> str:
+        """A machine on vmbr0's segment, NEIGHBOUR_IP, with a route to the guest subnet
+        via the host's public address (made on first use); its namespace."""
+        name = f"{self.prefix}-nb"
+        if name not in self.namespaces:
+            self.netns(name)
+            sh("ip", "-n", self.host, "link", "add", "nb0", "type", "veth", "peer", "name",
+               "eth0", "netns", name)
+            sh("ip", "-n", self.host, "link", "set", "nb0", "master", "vmbr0", "up")
+            for cmd in (["addr", "add", f"{NEIGHBOUR_IP}/24", "dev", "eth0"],
+                        ["link", "set", "eth0", "up"],
+                        ["route", "add", str(ipaddress.ip_interface(self.lan).network),
+                         "via", PUBLIC_IP]):
+                sh("ip", "-n", name, *cmd)
+        return name
 
     def sysctl(self, ns, key, value):
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")

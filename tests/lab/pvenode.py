@@ -8,7 +8,13 @@ it, for the lab: the commands run inside the lab's host namespace.
 - unplug(): the guest's devices gone, as qemu-server's pve-bridgedown (tap_unplug) and
   the LXC poststop hook (veth_delete) leave them.
 - firewall_rules(): pve-firewall's filter table for those guests (src/PVE/Firewall.pm
-  compile_iptables_filter), as its compile() prints it for the cluster firewall on.
+  compile_iptables_filter), as its compile() prints it for the cluster firewall on; with
+  host=True the host's own chains too (enable_host_firewall), input policy DROP.
+- raw_rules(): its raw table with nf_conntrack_helpers set (compile_iptables_raw).
+- missing_jumps(), removal_script(): how it hooks its chains into the built-in ones and
+  takes them out when stopped (get_ruleset_cmdlist, remove_pvefw_chains_iptables).
+
+Line numbers below are of src/PVE/Firewall.pm at pve-firewall commit 6f1311f.
 """
 
 import re
@@ -165,13 +171,14 @@ class Node:
                 self.run("link", "del", dev)
 
 
-def firewall_rules(nics: dict, vm_firewall: dict) -> str:
+def firewall_rules(nics: dict, vm_firewall: dict, host: bool = False) -> str:
     """pve-firewall's filter table (iptables-restore -n input) for guest NICs behind
     firewall bridges. ``nics``: {port: mac}; ``vm_firewall``: {port: [IN rules]} for
     the NICs whose guest has its firewall enabled (policy_in DROP, policy_out ACCEPT);
     the others have no chains of their own (pve-firewall returns early for a guest with
     'enable: 0', Firewall.pm generate_tap_rules_direction). Real output of pve-firewall's
-    compile(), PVE 8 (PVE 9 adds a CONNMARK rule to each guest chain)."""
+    compile(), PVE 8 (PVE 9 adds a CONNMARK rule to each guest chain). ``host``: the
+    datacenter firewall is on, and with it the host's own chains (host_rules())."""
     chains = ["PVEFW-FORWARD", "PVEFW-FWBR-IN", "PVEFW-FWBR-OUT", "PVEFW-SET-ACCEPT-MARK",
               "PVEFW-smurfs", "PVEFW-smurflog", "PVEFW-Drop", "PVEFW-DropBroadcast"]
     chains += [f"{port}-{d}" for port in vm_firewall for d in ("IN", "OUT")]
@@ -211,7 +218,82 @@ def firewall_rules(nics: dict, vm_firewall: dict) -> str:
             f"-A {port}-OUT -j MARK --set-xmark 0x0/0x80000000",
             f"-A {port}-OUT -g PVEFW-SET-ACCEPT-MARK",
         ]
+    if host:
+        host_chains, host_lines = host_rules()
+        chains += host_chains
+        rules += host_lines
     return "\n".join(["*filter", *[f":{c} - [0:0]" for c in chains], *rules, "COMMIT", ""])
+
+
+def host_rules() -> tuple[list, list]:
+    """The host's chains with the datacenter firewall on and a host.fw with no rules of
+    its own, single node (no corosync peers), default options: enable_host_firewall
+    (lines 2868-3096) as compile_iptables_filter calls it (4365-4373).
+
+    PVEFW-HOST-IN accepts loopback and established traffic, sends new traffic through
+    PVEFW-smurfs (ruleset_chain_add_input_filters, 2522: it RETURNs for 0.0.0.0, so a
+    DHCP DISCOVER goes on), lets IGMP and the management ports through, and ends in the
+    input policy, DROP by default (2988-2990; ruleset_add_chain_policy, 2469: PVEFW-Drop,
+    whose PVEFW-DropBroadcast drops every broadcast, then DROP). There is nothing for
+    DHCP or DNS from a bridge. The management rules (2949-2957: tcp 8006, 5900:5999,
+    3128, 22, 60000:60050 from the ipset PVEFW-0-management-v4) are left out: they need
+    an ipset, the lab has no ipset tool, and they let none of DHCP or DNS in either.
+    Accepting rules there are RETURN ("we need to check also tap rules"): PVEFW-INPUT
+    returns, and INPUT's own policy (ACCEPT) decides. PVEFW-HOST-OUT: policy_out ACCEPT
+    (3090-3092), so it ends in RETURN."""
+    chains = ["PVEFW-INPUT", "PVEFW-OUTPUT", "PVEFW-HOST-IN", "PVEFW-HOST-OUT"]
+    rules = [
+        "-A PVEFW-HOST-IN -i lo -j ACCEPT",
+        "-A PVEFW-HOST-IN -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-HOST-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A PVEFW-HOST-IN -m conntrack --ctstate INVALID,NEW -j PVEFW-smurfs",
+        "-A PVEFW-HOST-IN -p igmp -j RETURN",
+        "-A PVEFW-HOST-IN -j PVEFW-Drop",
+        "-A PVEFW-HOST-IN -j DROP",
+        "-A PVEFW-HOST-OUT -o lo -j ACCEPT",
+        "-A PVEFW-HOST-OUT -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-HOST-OUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A PVEFW-HOST-OUT -p igmp -j RETURN",
+        "-A PVEFW-HOST-OUT -j RETURN",
+        "-A PVEFW-OUTPUT -j PVEFW-HOST-OUT",  # 3094
+        "-A PVEFW-INPUT -j PVEFW-HOST-IN",  # 3095
+    ]
+    return chains, rules
+
+
+def raw_rules(helpers) -> str:
+    """The raw table with the host option nf_conntrack_helpers (compile_iptables_raw,
+    4271-4323): PVEFW-PREROUTING, one CT --helper rule a helper, for the ports of
+    $pve_fw_helpers (571-581)."""
+    ports = {"amanda": ("udp", 10080), "ftp": ("tcp", 21), "irc": ("tcp", 6667),
+             "netbios-ns": ("udp", 137), "pptp": ("tcp", 1723), "sane": ("tcp", 6566),
+             "sip": ("udp", 5060), "snmp": ("udp", 161), "tftp": ("udp", 69)}
+    rules = [f"-A PVEFW-PREROUTING -p {ports[h][0]} -m {ports[h][0]} --dport {ports[h][1]} "
+             f"-j CT --helper {h}" for h in helpers]
+    return "\n".join(["*raw", ":PVEFW-PREROUTING - [0:0]", *rules, "COMMIT", ""])
+
+
+def missing_jumps(save_output: str, table: str) -> str:
+    """pve-firewall appends its jump to PVEFW-<hook> for each of its hook chains that
+    exists and has no such jump yet, wherever that puts it (get_ruleset_cmdlist,
+    4832-4837; iptables_get_chains, 2101). ``save_output``: iptables-save -t TABLE."""
+    lines = [f"-A {h} -j PVEFW-{h}" for h in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING")
+             if re.search(rf"^:PVEFW-{h} ", save_output, re.M)
+             and not re.search(rf"^-A {h} -j PVEFW-{h}$", save_output, re.M)]
+    return f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n" \
+        if lines else ""
+
+
+def removal_script(save_output: str, table: str) -> str:
+    """pve-firewall stopped: its jumps deleted, its chains flushed and deleted
+    (remove_pvefw_chains_iptables, 5224-5252)."""
+    chains = re.findall(r"^:((?:PVEFW-|GROUP-)\S+|(?:tap|veth)\d+i\d+-(?:IN|OUT)) ",
+                        save_output, re.M)
+    hooks = [h for h in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING")
+             if re.search(rf"^-A {h} -j PVEFW-{h}$", save_output, re.M)]
+    return "\n".join([f"*{table}", *[f"-D {h} -j PVEFW-{h}" for h in hooks],
+                      *[f"-F {c}" for c in chains], *[f"-X {c}" for c in chains],
+                      "COMMIT", ""])
 
 
 def forward_jump(save_output: str) -> str:

@@ -112,7 +112,8 @@ def test_install_then_uninstall_leaves_the_host_as_it_was(lab):
     assert out.splitlines() == [
         f"add bridge vmbr1 (172.22.161.254/24) to {lab.root}/etc/network/interfaces",
         f"enable IPv4 forwarding ({lab.root}/etc/sysctl.d/80-pvenat.conf, now 0)",
-        "add pvenat's base rules: outbound SNAT, hairpin, jumps (iptables)",
+        "add pvenat's base rules: outbound SNAT, hairpin, NAT boundary, DHCP and DNS in, "
+        "jumps (iptables)",
         f"install the hookscript as {lab.root}/var/lib/vz/snippets/pvenat.py",
         "let storage 'local' hold snippets (keeping its other content types)",
         "enable pvenat.service, pvenat-sync.timer, pvenat-dhcp.service"]

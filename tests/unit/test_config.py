@@ -57,11 +57,21 @@ def test_full_config(tmp_path):
     ("lan_bridge: vmbr0", "must differ"),
     ("wan_bridge: [a, b]", "expected a single value"),
     ("a: &x 1\nb: *x", "aliases"),
+    ("allow_routed: [198.51.100.1/24]", "'198.51.100.1/24' has host bits set; write the "
+     "network, 198.51.100.0/24"),
+    ("allow_routed: [lan]", "'lan' is not an IPv4 network"),
 ])
 def test_bad_config_names_the_key(text, message, tmp_path):
     with pytest.raises(PvenatError) as e:
         parse(text, tmp_path)
     assert message in e.value.message and e.value.code == "config"
+
+
+def test_allow_routed(tmp_path):
+    assert config.HostConfig().allow_routed == ()  # nothing routed gets in by default
+    cfg = parse("allow_routed: [198.51.100.0/24, 203.0.113.2]\n", tmp_path)
+    assert cfg.allow_routed == ("198.51.100.0/24", "203.0.113.2/32")
+    assert parse("allow_routed: []\n", tmp_path).allow_routed == ()
 
 
 def test_load_keeps_the_parse_and_checks_it_again(tmp_path, monkeypatch):

@@ -24,12 +24,14 @@ B = GuestPlan(102, "172.22.161.171", (Forward("tcp", (11000, 11000), (11000, 110
 
 
 def render(tables):
-    """As iptables-save would list it (chains sorted, rules in order)."""
+    """As iptables-save would list it (chains sorted, rules in order); a jump that must
+    be first in its chain as the insert that puts it there."""
     out = []
     for t in ruleset.TABLES:
         out.append(f"*{t}")
         out += [f":{c}" for c in sorted(tables[t].chains)]
-        out += [f"-A {chain} {spec}" for chain, spec in tables[t].jumps]
+        out += [f"-I {chain} 1 {spec}" if (chain, spec) in tables[t].first else
+                f"-A {chain} {spec}" for chain, spec in tables[t].jumps]
         for c in sorted(tables[t].chains):
             out += [f"-A {c} {r}" for r in tables[t].chains[c]]
     return "\n".join(out) + "\n"
@@ -67,10 +69,61 @@ def test_hand_pinned_rules():
     # 10000-10099 = 0x2710-0x2773 shares the prefix 27.
     assert "-p tcp -m multiport --dports 10000:10099 -j PVENAT-101" in nat.chains["PVENAT-TCP-27"]
     filt = ruleset.desired(HOST, PUB, [A], {})["filter"]
-    assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD")]
+    assert filt.jumps == [("FORWARD", "-j PVENAT-FORWARD"),
+                          ("INPUT", "-i vmbr1 -j PVENAT-INPUT")]
+    # DHCP from anywhere on vmbr1 (a DISCOVER comes from 0.0.0.0), DNS from the guest
+    # subnet to the host's lan address; the jump first in INPUT, ahead of pve-firewall's
+    assert filt.first == {("INPUT", "-i vmbr1 -j PVENAT-INPUT")}
+    assert filt.chains["PVENAT-INPUT"] == (
+        "-p udp -m multiport --dports 67 -j ACCEPT",
+        "-s 172.22.161.0/24 -d 172.22.161.254/32 -p udp -m multiport --dports 53 -j ACCEPT",
+        "-s 172.22.161.0/24 -d 172.22.161.254/32 -p tcp -m multiport --dports 53 -j ACCEPT")
     raw = ruleset.desired(HOST, PUB, [A], {})["raw"]
     assert raw.jumps == [("PREROUTING", "-i fwbr+ -j PVENAT-ZONE")]
+    assert raw.first == {("PREROUTING", "-i fwbr+ -j PVENAT-ZONE")}  # before any CT helper
     assert raw.chains == {"PVENAT-ZONE": ("-j CT --zone 1",)}
+    # the NAT boundary: from vmbr0 into the guest subnet, only replies and DNATed
+    # connections pass; everything else is dropped before filter FORWARD
+    mangle = ruleset.desired(HOST, PUB, [A], {})["mangle"]
+    assert mangle.jumps == [("FORWARD", "-d 172.22.161.0/24 -i vmbr0 -j PVENAT-INBOUND")]
+    assert mangle.chains == {"PVENAT-INBOUND": (
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-m conntrack --ctstate DNAT -j RETURN",
+        "-j DROP")}
+
+
+def test_allow_routed_and_dhcp_off():
+    host = HOST._replace(allow_routed=("198.51.100.0/24", "203.0.113.2/32"), dhcp=False)
+    tables = ruleset.base(host, PUB)
+    assert tables["mangle"].chains["PVENAT-INBOUND"][2:] == (
+        "-s 198.51.100.0/24 -j RETURN", "-s 203.0.113.2/32 -j RETURN", "-j DROP")
+    assert "PVENAT-INPUT" not in tables["filter"].chains
+    assert tables["filter"].jumps == [("FORWARD", "-j PVENAT-FORWARD")]
+    assert tables["filter"].first == frozenset()
+
+
+def test_a_jump_that_must_be_first_is_put_back_first():
+    """pve-firewall's raw PVEFW-PREROUTING (with a CT helper) or anyone's rule got ahead
+    of pvenat's zone jump: the jump is taken out and inserted at the head again, and
+    status says which."""
+    wanted = ruleset.desired(HOST, PUB, [], {})
+    save = "\n".join(["*raw", ":PREROUTING ACCEPT [0:0]", ":PVEFW-PREROUTING - [0:0]",
+                      ":PVENAT-ZONE - [0:0]", "-A PREROUTING -j PVEFW-PREROUTING",
+                      "-A PREROUTING -i fwbr+ -j PVENAT-ZONE",
+                      "-A PVEFW-PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp",
+                      "-A PVENAT-ZONE -j CT --zone 1", "COMMIT"])
+    current = {t: wanted[t].copy() for t in ruleset.TABLES}
+    current["raw"] = ruleset.parse_save(save)
+    assert current["raw"].jumps == [("PREROUTING", "-i fwbr+ -j PVENAT-ZONE")]
+    assert current["raw"].first == frozenset()
+    assert ruleset.base_missing(current, HOST, PUB) == [
+        "raw PREROUTING jump PVENAT-ZONE (not first)"]
+    assert ruleset.restore_script(current, ruleset.with_base(current, HOST, PUB)) == (
+        "*raw\n-D PREROUTING -i fwbr+ -j PVENAT-ZONE\n"
+        "-I PREROUTING 1 -i fwbr+ -j PVENAT-ZONE\nCOMMIT\n")
+    first = ruleset.parse_save(save.replace("-A PREROUTING -j PVEFW-PREROUTING\n", "") +
+                               "\n")
+    assert first.first == {("PREROUTING", "-i fwbr+ -j PVENAT-ZONE")}
 
 
 def walk(chains, proto, port):
