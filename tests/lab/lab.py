@@ -318,7 +318,8 @@ class Lab:
 
     def neighbour(self) -> str:
         """A machine on vmbr0's segment, NEIGHBOUR_IP, with a route to the guest subnet
-        via the host's public address (made on first use); its namespace."""
+        via the host's public address, answering on tcp:80 as "nb" (made on first use);
+        its namespace."""
         name = f"{self.prefix}-nb"
         if name not in self.namespaces:
             self.netns(name)
@@ -330,6 +331,7 @@ class Lab:
                         ["route", "add", str(ipaddress.ip_interface(self.lan).network),
                          "via", PUBLIC_IP]):
                 sh("ip", "-n", name, *cmd)
+            self.serve(name, "nb", ["tcp:80"])
         return name
 
     def sysctl(self, ns, key, value):
@@ -366,7 +368,7 @@ class Lab:
                                    f"guest{vmid}")
         guests = [{"vmid": vmid, "type": g["kind"], "node": g.get("node", "pve1"),
                    "status": g.get("status", "running"), "config": g["config"],
-                   **({"pending": g["pending"]} if "pending" in g else {})}
+                   **{k: g[k] for k in ("pending", "snapshots", "cloudinit") if k in g}}
                   for vmid, g in self.guests.items()]
         data = dict(kept, guests=guests, fault=fault, etc_pve=self.etc_pve)
         with open(self.fixture, "w") as f:

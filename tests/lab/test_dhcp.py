@@ -193,3 +193,63 @@ def test_no_request_is_lost_while_the_leases_are_reloaded(lab):
         thread.join()
     assert reloads[0] >= 100
     assert answers == ["172.22.161.1"] * 100
+
+
+@pytest.mark.parametrize("firewall", [False, True],
+                         ids=["on lan bridge", "behind firewall bridges"])
+def test_dhcp_and_dns_through_the_pve_host_firewall(firewall):
+    """The datacenter firewall on: pve-firewall's host chain (input policy DROP) has no
+    exception for DHCP or DNS on a bridge (tests/lab/pvenode.py host_rules). pvenat's own
+    acceptance, first in INPUT, lets both through, also after pve-firewall re-applies its
+    rules and after it restarts; without it the guest gets no lease and no answer."""
+    mine = {101: dict(guests(firewall)[101])}
+    mine[101]["config"] = dict(mine[101]["config"], hookscript="local:snippets/pvenat.py")
+    for lab in lab_fixture(mine, firewall="iptables", host_firewall=True,
+                           prefix=f"pvh{os.getpid() % 100000}"):
+        lab.start_dhcp_server()
+        ok(lab.pvenat("sync"))  # as pvenat.service does at boot: base rules, leases
+        want = {"ip": "172.22.161.170", "subnet": "255.255.255.0",
+                "router": "172.22.161.254", "dns": "172.22.161.254"}
+        resolve = ["ip", "netns", "exec", lab.ns(101), lab.python, NETPROBE, "resolve",
+                   "172.22.161.254", "www.example.test"]
+
+        def served():
+            return lab.dhcp_client(101, attempts=2), sh(*resolve).stdout.strip()
+
+        def input_chain():
+            return [line for line in lab.iptables_save("-t", "filter").splitlines()
+                    if line.startswith("-A INPUT ")]
+
+        def rules_status():
+            return next(line for line in lab.pvenat("status").stdout.splitlines()
+                        if line[5:].startswith("rules:"))
+
+        assert lab.dhcp_client(101) == want
+        assert input_chain() == ["-A INPUT -i vmbr1 -j PVENAT-INPUT",
+                                 "-A INPUT -j PVEFW-INPUT"]
+        lab.configure(101, want["ip"], want["router"], 24)
+        assert served() == (want, DNS_ANSWER)
+        # pve-firewall re-applies (every 10 s); then it restarts: its INPUT jump is
+        # deleted and appended again, behind pvenat's
+        lab.load_pve_firewall()
+        assert served() == (want, DNS_ANSWER)
+        lab.stop_pve_firewall()
+        lab.load_pve_firewall()
+        assert input_chain() == ["-A INPUT -i vmbr1 -j PVENAT-INPUT",
+                                 "-A INPUT -j PVEFW-INPUT"]
+        assert served() == (want, DNS_ANSWER)
+        assert rules_status().startswith("ok   rules:")
+
+        # without pvenat's acceptance the host firewall drops both; status says so, and
+        # sync puts it back first
+        lab.iptables("-D", "INPUT", "-i", "vmbr1", "-j", "PVENAT-INPUT")
+        assert served() == ({}, "timeout")
+        assert rules_status() == (
+            "FIX  rules: base rules missing or changed (filter INPUT jump PVENAT-INPUT); "
+            "run 'pvenat sync' (or 'pvenat install')")
+        lab.iptables("-A", "INPUT", "-i", "vmbr1", "-j", "PVENAT-INPUT")  # behind PVEFW
+        assert served() == ({}, "timeout")
+        assert "(not first)" in rules_status()
+        assert "base rules repaired" in ok(lab.pvenat("sync"))
+        assert input_chain()[0] == "-A INPUT -i vmbr1 -j PVENAT-INPUT"
+        assert served() == (want, DNS_ANSWER)

@@ -14,7 +14,7 @@ import re
 import pytest
 from shared import flow_guests
 
-from lab import LISTED_IP, PEER_IP, PUBLIC_IP, lab_fixture
+from lab import LISTED_IP, NEIGHBOUR_IP, PEER_IP, PUBLIC_IP, lab_fixture
 
 # How a hook reads the guest's config: files (the default: /etc/pve), or the API through
 # proxmoxer, on pvesh (backend local, the default; Debian's proxmoxer 1.2 too) or HTTPS
@@ -130,6 +130,45 @@ def test_forwards_end_to_end(lab):
 
     assert ok(lab.hook(102, "post-stop")) == "pvenat: 102: forwards removed"
     assert flow(lab, I, "udp", PUBLIC_IP, 11000) == "timeout"
+
+
+def test_the_nat_boundary_holds_against_a_neighbour_that_routes_the_guest_subnet(lab):
+    """A machine on vmbr0's segment with a route to 172.22.161.0/24 via the public
+    address reaches the guests through their forwards, as anyone does, and through
+    nothing else: not a port nobody forwards, not a forwarded guest port its allow-list
+    keeps it from, not a guest port straight past its public one. allow_routed lets it
+    in on purpose."""
+    N, A, B = lab.neighbour(), lab.ns(101), lab.ns(102)
+    for vmid in (101, 102):
+        ok(lab.hook(vmid, "pre-start"))
+        ok(lab.hook(vmid, "post-start"))
+    try:
+        assert flow(lab, N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
+        assert flow(lab, N, "udp", PUBLIC_IP, 11000) == f"g102 {NEIGHBOUR_IP}"
+        assert flow(lab, N, "tcp", PUBLIC_IP, 13389) == "refused"  # not on the allow-list
+        assert flow(lab, N, "tcp", "172.22.161.170", 80) == "timeout"  # not forwarded
+        assert flow(lab, N, "tcp", "172.22.161.170", 3389) == "timeout"  # allow-list
+        assert flow(lab, N, "udp", "172.22.161.170", 3389) == "timeout"
+        assert flow(lab, N, "tcp", "172.22.161.170", 22) == "timeout"  # only as 12222
+        assert flow(lab, N, "udp", "172.22.161.171", 11000) == "timeout"
+        # the guests still reach the neighbour (SNATed), and each other
+        assert flow(lab, A, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
+        assert flow(lab, B, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
+        assert flow(lab, A, "tcp", "172.22.161.171", 11000) == "g102 172.22.161.170"
+        assert flow(lab, B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+
+        lab.write_config(f"allow_routed: [{NEIGHBOUR_IP}/32]\n")
+        assert "base rules repaired" in ok(lab.pvenat("sync"))
+        assert flow(lab, N, "tcp", "172.22.161.170", 80) == f"g101 {NEIGHBOUR_IP}"
+        assert flow(lab, N, "tcp", "172.22.161.170", 3389) == f"g101 {NEIGHBOUR_IP}"
+        assert flow(lab, N, "udp", "172.22.161.171", 11000) == f"g102 {NEIGHBOUR_IP}"
+        assert flow(lab, N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
+    finally:
+        lab.write_config()
+        lab.pvenat("sync")
+        for vmid in (101, 102):
+            ok(lab.hook(vmid, "post-stop"))
+    assert flow(lab, N, "tcp", "172.22.161.170", 80) == "timeout"
 
 
 @pytest.mark.parametrize("vmid,message", [

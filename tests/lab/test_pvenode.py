@@ -91,6 +91,57 @@ def test_a_container_rebooted_from_inside_is_set_up_again_by_sync(lab):
     assert flow(lab, lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
 
 
+HELPER_GUESTS = {
+    101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:21"],
+          "config": {"description": "```pvenat\nforwards: [12221:21]\n```",
+                     "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1,firewall=1",
+                     "ipconfig0": "ip=172.22.161.170/24", "hookscript": HOOKSCRIPT}},
+    102: GUESTS[102],
+}
+
+
+def test_the_zone_jump_stays_ahead_of_pve_firewalls_conntrack_helpers():
+    """With the host option nf_conntrack_helpers, pve-firewall's raw PVEFW-PREROUTING
+    holds '-j CT --helper ftp' for tcp port 21, loaded before any guest starts (its
+    service comes before pve-guests). xt_CT ignores a second CT target on a packet, so
+    behind a jump to it the firewall bridges' zone would be lost for traffic to port 21:
+    pvenat inserts its jump first, and sync puts it back there."""
+    for lab in lab_fixture(HELPER_GUESTS, firewall="iptables", conntrack_helpers=["ftp"],
+                           config_source="files", prefix=f"pvz{os.getpid() % 100000}"):
+        def prerouting():
+            return [line for line in lab.iptables_save("-t", "raw").splitlines()
+                    if line.startswith("-A PREROUTING ")]
+
+        def flows():
+            return [flow(lab, lab.inet, "tcp", PUBLIC_IP, 12221),
+                    flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 12221),
+                    flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 12221)]
+
+        working = [f"g101 {PEER_IP}", "g101 172.22.161.254", "g101 172.22.161.254"]
+        ours, theirs = "-A PREROUTING -i fwbr+ -j PVENAT-ZONE", \
+            "-A PREROUTING -j PVEFW-PREROUTING"
+        assert prerouting() == [theirs]
+        start(lab, 101, 102)
+        assert flows() == working
+        assert prerouting() == [ours, theirs]
+        lab.stop_pve_firewall()  # a restart: its jump goes, and is appended again
+        lab.load_pve_firewall()
+        assert prerouting() == [ours, theirs]
+        assert flows() == working
+
+        # pvenat's jump behind the helper, as an append would leave it: traffic to port 21
+        # behind a firewall bridge stays in zone 0; status says so, sync puts it first
+        lab.iptables("-t", "raw", "-D", "PREROUTING", "-i", "fwbr+", "-j", "PVENAT-ZONE")
+        lab.iptables("-t", "raw", "-A", "PREROUTING", "-i", "fwbr+", "-j", "PVENAT-ZONE")
+        assert prerouting() == [theirs, ours]
+        assert flows() != working
+        assert "FIX  rules: base rules missing or changed (raw PREROUTING jump PVENAT-ZONE " \
+            "(not first))" in lab.pvenat("status").stdout
+        assert "base rules repaired" in ok(lab.pvenat("sync"))
+        assert prerouting() == [ours, theirs]
+        assert flows() == working
+
+
 VLAN_GUESTS = {
     101: {"kind": "qemu", "address": "172.22.161.170", "serve": ["tcp:12222"],
           "config": {"tags": "pvenat-12222", "ipconfig0": "ip=172.22.161.170/24",
