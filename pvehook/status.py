@@ -14,6 +14,8 @@ from .errors import PvenatError
 from .plan import plan_for
 from .spec import nics
 
+SYSTEMD = "/run/systemd/system"  # present when systemd runs this host (sd_booted)
+
 
 def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]]:
     """(what, ok, detail) for each check, in the order an admin would fix them. ``root``:
@@ -76,13 +78,26 @@ def _units(ctx, config_path, root):
             os.path.join(root, "etc/systemd/system", f"{target}.wants", unit))]
         return [("units", not missing, f"enabled under {root}" if not missing else
                  f"{', '.join(missing)} not enabled under {root}; run 'pvenat install'")]
-    if not shutil.which("systemctl") or not os.path.isdir("/run/systemd/system"):
+    if not shutil.which("systemctl") or not os.path.isdir(SYSTEMD):
         return [("units", True, "systemd is not running here; not checked")]
-    proc = subprocess.run(["systemctl", "is-active", *wanted], capture_output=True, text=True)
+    active = _unit_states("is-active", wanted)
+    detail = ", ".join(f"{unit} {state}" for unit, state in active.items())
+    down = [unit for unit, state in active.items() if state != "active"]
+    if not down:
+        return [("units", True, detail)]
+    disabled = [unit for unit, state in _unit_states("is-enabled", down).items()
+                if state != "enabled"]
+    fix = "run 'pvenat install'" if disabled else f"systemctl start {' '.join(down)}"
+    return [("units", False, f"{detail}; {fix}")]
+
+
+def _unit_states(verb: str, names) -> dict:
+    """Each unit's own state, as ``systemctl VERB`` prints it, one line a unit. Its exit
+    code says nothing about each: is-active exits 0 when any one of them is active."""
+    proc = subprocess.run(["systemctl", verb, *names], capture_output=True, text=True)
     states = proc.stdout.split()
-    detail = ", ".join(f"{u} {s}" for u, s in zip(wanted, states))
-    return [("units", proc.returncode == 0, detail if proc.returncode == 0 else
-             detail + "; run 'pvenat install'")]
+    return {unit: states[i] if i < len(states) else "unknown"
+            for i, unit in enumerate(names)}
 
 
 def _dhcp(ctx, config_path, root):
