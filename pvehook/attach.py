@@ -9,12 +9,12 @@ configs: a guest takes its address along when it migrates.
 
 import ipaddress
 
-from . import hostnet, spec
+from . import dhcp, hostnet, spec
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .hook import refusals
+from .leases import address_in_config
 from .plan import plan_for
-from .pveconf import ConfigFiles
 
 
 def attach(ctx, vmids, force: bool, ip: str | None = None):
@@ -91,7 +91,7 @@ def give_address(ctx, node, guest, wanted: str | None) -> tuple[str, dict]:
             raise PvenatError("spec", f"guest {guest.vmid}: no NIC on {host.lan_bridge}; "
                               f"give it one (bridge={host.lan_bridge}) first")
         return "", {}
-    have = address_of(guest, host)
+    have = address_in_config(guest, host)
     if have and (not wanted or wanted == have):
         return "", {}
     used = {ip: vmid for ip, vmid in used_addresses(ctx).items() if vmid != guest.vmid}
@@ -110,17 +110,6 @@ def give_address(ctx, node, guest, wanted: str | None) -> tuple[str, dict]:
     return ip, {option: value}
 
 
-def address_of(guest, host) -> str | None:
-    """The address the guest's config names on lan_bridge: its pvenat block's ip:, else
-    its NIC's static one (as plan.plan_guest takes it), also when the rest of its Notes
-    would refuse a start: a port outside the pool must not cost a guest its address."""
-    try:
-        notes = spec.parse(guest.vmid, guest.config.get("description", ""), "")
-    except PvenatError:
-        notes = None
-    return (notes and notes.ip) or spec.nic_address(guest.kind, guest.config, host.lan_bridge)
-
-
 def _notes_error(guest) -> PvenatError | None:
     """Why the guest's Notes cannot be read at all (None when they can)."""
     try:
@@ -131,20 +120,8 @@ def _notes_error(guest) -> PvenatError | None:
 
 
 def used_addresses(ctx) -> dict[str, int]:
-    """Every address on the lan subnet that a guest of the cluster has: address -> VMID.
-    From every node's .conf files, whatever config_source says: one pvesh per guest of
-    the cluster would take minutes."""
-    out = {}
-    files = ConfigFiles(ctx.host.pve.config_dir, ctx.places.sysfs)
-    for node, info in files.cluster():
-        try:
-            guest = files.guest(node, info.vmid, info.kind)
-        except PvenatError:
-            continue
-        ip = address_of(guest, ctx.host)
-        if ip:
-            out.setdefault(ip, info.vmid)
-    return out
+    """Every address on the lan subnet that a guest of the cluster has: address -> VMID."""
+    return dhcp.cluster_addresses(ctx.host, ctx.places)
 
 
 def first_free(host, used) -> str:

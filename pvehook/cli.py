@@ -257,6 +257,9 @@ def cmd_dhcp_server(args, ctx) -> int:
         print("pvenat: dhcp: false in the host config; no DHCP server")
         return 0
     os.makedirs(ctx.places.state_dir, mode=0o755, exist_ok=True)
+    # leases the hosts file changed while no server ran: gone before it reads them
+    for mac, ip in dhcp.prune(ctx.host, ctx.places):
+        print(f"pvenat: stale DHCP lease of {mac} ({ip}) dropped", flush=True)
     argv = dhcp.argv(ctx.host, ctx.places)
     try:
         os.execvp(argv[0], argv)

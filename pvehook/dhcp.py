@@ -6,13 +6,23 @@ bridge's own addresses, its DHCP socket is bound to the bridge, and a bridge tha
 up after it is picked up), so it never takes port 53 or 67 from another service on the
 host, nor answers on the public side. It re-reads the hosts file on SIGHUP, without
 dropping a lease or pausing.
+
+What SIGHUP does not do is forget a lease it gave: its lease database keeps an address
+leased to the MAC that had it (12 h), and the new owner of that address gets nothing
+("not using configured address ... because it is leased to ..."). So after every change
+pvenat releases the leases the hosts file contradicts (settle()), and the server starts
+from a database without them (prune()).
 """
 
+import ipaddress
 import os
 import signal
+import socket
+import struct
 
 from . import files, leases
-from .leases import Lease
+from .errors import PvenatError
+from .leases import Lease, Reserved
 
 HOSTS = "dhcp-hosts"
 PID = "dnsmasq.pid"
@@ -55,9 +65,18 @@ def read(places) -> list[Lease]:
     return leases.parse(_hosts_text(places) or "")
 
 
-def write(places, wanted) -> bool:
-    """The hosts file with exactly ``wanted``, and dnsmasq told; False when it was so."""
-    text = leases.render(wanted)
+def read_reserved(places) -> list[Reserved]:
+    return leases.parse_reserved(_hosts_text(places) or "")
+
+
+def write(places, wanted, reserved=None) -> bool:
+    """The hosts file with exactly the leases ``wanted`` and the addresses ``reserved``
+    (None: those it reserves now, but for an address a lease takes), and dnsmasq told;
+    False when it was so. settle() after it releases what the change made stale."""
+    if reserved is None:
+        leased = {lease.ip for lease in wanted}
+        reserved = [r for r in read_reserved(places) if r.ip not in leased]
+    text = leases.render(wanted, reserved)
     if _hosts_text(places) == text:
         return False
     files.write_atomic(path(places, HOSTS), text)
@@ -85,3 +104,108 @@ def reload(places):
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
             pass
+
+
+def lease_database(places) -> list[tuple[str, str]]:
+    """(MAC, address) of each IPv4 lease in dnsmasq's lease file, as it last wrote it
+    ('EXPIRY MAC ADDRESS NAME CLIENT-ID' a line; MACs of other hardware types, with a
+    'TYPE-' prefix, and the DHCPv6 lines are not pvenat's)."""
+    try:
+        with open(path(places, LEASE_DB), encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [_pair(line) for line in lines if _pair(line)]
+
+
+def _pair(line: str):
+    fields = line.split()
+    if len(fields) >= 3 and len(fields[1]) == 17 and fields[1].count(":") == 5:
+        try:
+            ipaddress.IPv4Address(fields[2])
+        except ValueError:
+            return None
+        return fields[1].upper(), fields[2]
+    return None
+
+
+def stale(host, places) -> list[tuple[str, str]]:
+    """The leases in dnsmasq's database that the hosts file contradicts."""
+    text = _hosts_text(places) or ""
+    return leases.stale(lease_database(places), leases.parse(text),
+                        leases.parse_reserved(text), host)
+
+
+def settle(host, places, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Release the stale leases from the running server; returns them. Call it after
+    write(): the SIGHUP is queued first, and dnsmasq's loop handles signals before DHCP
+    packets, so it has the new hosts file when the release comes. Nothing to do while no
+    server runs: it starts from a pruned database."""
+    if server_pid(places) is None:
+        return []
+    pairs = stale(host, places)
+    if pairs and not dry_run:
+        release(host, pairs)
+    return pairs
+
+
+def release(host, pairs) -> None:
+    """A DHCPRELEASE for each (MAC, address), as dnsmasq's own dhcp_release sends it
+    (contrib/lease-tools/dhcp_release.c; Debian's dnsmasq-utils, which pvenat does not
+    depend on): from this host, bound to lan_bridge so that dnsmasq takes it as coming in
+    there, to lan_address:67, with the lease's MAC as chaddr, its address as ciaddr and
+    lan_address as the server identifier. dnsmasq (rfc2131.c, DHCPRELEASE) finds the lease
+    by MAC, checks the address and the server identifier, and deletes it from memory and
+    from its lease file. A client still holding the address is refused at its next renewal
+    (DHCPNAK: the address is no longer one it may have) and asks anew.
+
+    Why a release and not an edit of the lease file: dnsmasq keeps its leases in memory
+    and rewrites the file from there, so an edit needs it stopped, and guests starting
+    meanwhile get no answer. The release changes nothing else and needs no restart."""
+    server = host.lan_address.ip.packed
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, host.lan_bridge.encode())
+        for mac, ip in pairs:
+            s.sendto(release_packet(mac, ip, server), (str(host.lan_address.ip), 67))
+
+
+def release_packet(mac: str, ip: str, server: bytes) -> bytes:
+    """dhcp_release.c's packet: BOOTREQUEST, Ethernet, ciaddr and chaddr of the lease, the
+    magic cookie, options 53 (DHCPRELEASE) and 54 (server identifier), end, 548 bytes."""
+    fixed = struct.pack("!BBBBIHH4s4s4s4s16s64s128sI", 1, 1, 6, 0, 0, 0, 0,
+                        ipaddress.IPv4Address(ip).packed, bytes(4), bytes(4), bytes(4),
+                        bytes.fromhex(mac.replace(":", "")), b"", b"", 0x63825363)
+    options = bytes([53, 1, 7, 54, 4]) + server + bytes([255])
+    return fixed + options.ljust(308, b"\0")
+
+
+def prune(host, places) -> list[tuple[str, str]]:
+    """Before the server starts (pvenat dhcp-server): its lease file without the stale
+    leases, so that it starts from what the hosts file says. dnsmasq is not running then:
+    the file is safe to replace. Returns what went."""
+    pairs = set(stale(host, places))
+    if not pairs:
+        return []
+    with open(path(places, LEASE_DB), encoding="ascii", errors="replace") as f:
+        lines = f.read().splitlines(keepends=True)
+    files.write_atomic(path(places, LEASE_DB),
+                       "".join(line for line in lines if _pair(line) not in pairs))
+    return sorted(pairs)
+
+
+def cluster_addresses(host, places) -> dict[str, int]:
+    """Every address on the lan subnet that a guest of the cluster has: address -> VMID.
+    From every node's .conf files, whatever config_source says: one pvesh per guest of
+    the cluster would take minutes."""
+    from .pveconf import ConfigFiles
+    out = {}
+    configs = ConfigFiles(host.pve.config_dir, places.sysfs)
+    for node, info in configs.cluster():
+        try:
+            guest = configs.guest(node, info.vmid, info.kind)
+        except PvenatError:
+            continue
+        ip = leases.address_in_config(guest, host)
+        if ip:
+            out.setdefault(ip, info.vmid)
+    return out

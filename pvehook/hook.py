@@ -185,10 +185,15 @@ def pre_start(ctx, vmid):
         held = dhcp.read(ctx.places) if mine else []
         leases.Holders(held).check(mine)
         script = change_guest(ctx, vmid, plan if forwards else None, public)
+        released = []
         if mine:
             dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)
+            # the old lease of a MAC or an address that changed: the guest gets its
+            # address at once, not in 12 h
+            released = dhcp.settle(ctx.host, ctx.places)
     log.info("guest.started", vmid=vmid, address=mine[0].ip if mine else plan.address,
              changed=bool(script), leases=[lease.mac for lease in mine],
+             released=[f"{mac} {ip}" for mac, ip in released],
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards] if plan else [])
     if forwards:
         return summary(plan, public.ip)

@@ -4,17 +4,26 @@ Pure: a guest's config gives its leases, a set of leases gives dnsmasq's hosts f
 (--dhcp-hostsfile), and the file gives the set back. A lease is fixed: a guest keeps its
 address when it stops, and PVE's config, where the address is written, stays the one
 source of truth.
+
+Beside the leases, the file reserves the addresses inside dhcp_range that other guests of
+the cluster have (a bare address line: dnsmasq's pool skips it, no client gets it), and
+what dnsmasq's lease database holds is checked against both: a lease there that they
+contradict is stale (dnsmasq would keep the address from its new owner for 12 h).
 """
 
+import ipaddress
 import re
 from typing import NamedTuple
 
+from . import spec
 from .errors import PvenatError
 from .plan import guest_address
 from .spec import nics
 
 _LINE = re.compile(r"([0-9A-F:]{17}),([0-9.]+)(?:,([a-z0-9-]+))?")
 _OWNER = re.compile(r"# guest ([0-9]+)")
+_RESERVED = re.compile(r"# reserved for guest ([0-9]+)")
+_ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -44,13 +53,21 @@ def guest_leases(guest, address: str | None, bridge: str) -> list[Lease]:
             for nic in nics(guest.kind, guest.config) if nic.bridge == bridge and nic.mac]
 
 
-def render(leases) -> str:
+class Reserved(NamedTuple):
+    vmid: int  # the guest of the cluster that has the address
+    ip: str
+
+
+def render(leases, reserved=()) -> str:
     """dnsmasq's hosts file, in VMID order: '# guest VMID' (for pvenat), then MAC,IP[,NAME]
-    (a name lets dnsmasq answer DNS for the guest). Not a set:TAG field: dnsmasq 2.90
+    (a name lets dnsmasq answer DNS for the guest); then the reserved addresses, each
+    '# reserved for guest VMID' and the address alone. Not a set:TAG field: dnsmasq 2.90
     crashes on SIGHUP once a lease from such a line is given."""
     return "".join(f"# guest {lease.vmid}\n{lease.mac},{lease.ip}"
                    + (f",{lease.name}" if lease.name else "") + "\n"
-                   for lease in sorted(leases, key=lambda lease: (lease.vmid, lease.mac)))
+                   for lease in sorted(leases, key=lambda lease: (lease.vmid, lease.mac))) + \
+        "".join(f"# reserved for guest {r.vmid}\n{r.ip}\n"
+                for r in sorted(reserved, key=lambda r: ipaddress.IPv4Address(r.ip)))
 
 
 def parse(text: str) -> list[Lease]:
@@ -64,6 +81,77 @@ def parse(text: str) -> list[Lease]:
         if m and owner is not None:
             out.append(Lease(owner, m.group(1), m.group(2), m.group(3) or ""))
         owner = None
+    return out
+
+
+def parse_reserved(text: str) -> list[Reserved]:
+    out, owner = [], None
+    for line in text.splitlines():
+        m = _RESERVED.fullmatch(line.strip())
+        if m:
+            owner = int(m.group(1))
+            continue
+        if owner is not None and _ADDRESS.fullmatch(line.strip()):
+            out.append(Reserved(owner, line.strip()))
+        owner = None
+    return out
+
+
+def address_in_config(guest, host) -> str | None:
+    """The address the guest's config names on lan_bridge: its pvenat block's ip:, else
+    its NIC's static one (as plan.plan_guest takes it), also when the rest of its Notes
+    would refuse a start: a port outside the pool must not cost a guest its address."""
+    try:
+        notes = spec.parse(guest.vmid, guest.config.get("description", ""), "")
+    except PvenatError:
+        notes = None
+    return (notes and notes.ip) or spec.nic_address(guest.kind, guest.config, host.lan_bridge)
+
+
+def in_pool(ip: str, host) -> bool:
+    """Whether dnsmasq may give ``ip`` to a guest it does not know (dhcp_range)."""
+    if not host.dhcp_range:
+        return False
+    first, last = (ipaddress.IPv4Address(a) for a in host.dhcp_range)
+    try:
+        return first <= ipaddress.IPv4Address(ip) <= last
+    except ValueError:
+        return False
+
+
+def reservations(held: dict, leases, host) -> list[Reserved]:
+    """The addresses inside dhcp_range that a guest of the cluster has (``held``: address
+    -> VMID) and no lease here gives: dnsmasq's pool must not hand them to another MAC
+    (the guest may migrate here, or sits on this bridge with a static address)."""
+    leased = {lease.ip for lease in leases}
+    return [Reserved(vmid, ip) for ip, vmid in held.items()
+            if ip not in leased and in_pool(ip, host)]
+
+
+def stale(database, leases, reserved, host) -> list[tuple[str, str]]:
+    """The (MAC, address) pairs of dnsmasq's lease database that the hosts file
+    contradicts: an address leased to another MAC now, a MAC whose lease moved to another
+    address, a reserved address, an address of the static range that no lease names any
+    more. A dynamic lease of an unknown guest inside dhcp_range stays."""
+    macs_at, at_mac = {}, {}
+    for lease in leases:
+        macs_at.setdefault(lease.ip, set()).add(lease.mac.upper())
+        at_mac.setdefault(lease.mac.upper(), set()).add(lease.ip)
+    taken = {r.ip for r in reserved}
+    out = []
+    for mac, ip in database:
+        mac = mac.upper()
+        try:
+            if ipaddress.IPv4Address(ip) not in host.lan_network:
+                continue  # not dnsmasq's to release here (no DHCP range of it)
+        except ValueError:
+            continue
+        if ip in macs_at:
+            gone = mac not in macs_at[ip]
+        else:
+            gone = mac in at_mac or ip in taken or not in_pool(ip, host)
+        if gone:
+            out.append((mac, ip))
     return out
 
 

@@ -108,7 +108,9 @@ def _dhcp(ctx, config_path, root):
     if pid is None:
         return [("dhcp", False, f"dnsmasq is not running ({len(held)} leases waiting); "
                  "systemctl start pvenat-dhcp, or see journalctl -u pvenat-dhcp")]
-    return [("dhcp", True, f"dnsmasq {pid} on {ctx.host.lan_bridge}, {len(held)} leases")]
+    reserved = dhcp.read_reserved(ctx.places)
+    return [("dhcp", True, f"dnsmasq {pid} on {ctx.host.lan_bridge}, {len(held)} leases" + (
+        f", {len(reserved)} addresses of dhcp_range reserved" if reserved else ""))]
 
 
 def _guests(ctx, config_path, root):

@@ -34,6 +34,8 @@ class SyncResult:
         self.problems = {}  # VMID -> message
         self.hairpin = []  # ports turned on
         self.leases = None  # the DHCP leases after the sync, when they changed
+        self.reserved = []  # and the addresses reserved in dhcp_range then
+        self.released = []  # (MAC, address) of stale leases the DHCP server was told to drop
 
     def lines(self, node: str, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""
@@ -48,7 +50,11 @@ class SyncResult:
         if self.hairpin:
             changes.append(f"hairpin {would}turned on for {', '.join(self.hairpin)}")
         if self.leases is not None:
-            changes.append(f"DHCP leases {would}rewritten ({len(self.leases)})")
+            reserved = f", {len(self.reserved)} reserved" if self.reserved else ""
+            changes.append(f"DHCP leases {would}rewritten ({len(self.leases)}{reserved})")
+        if self.released:
+            changes.append(f"stale DHCP leases {would}released: "
+                           + ", ".join(f"{mac} {ip}" for mac, ip in self.released))
         count = f"{len(self.forwarded)} guests forwarded"
         out.append(f"pvenat sync: {count}; {'; '.join(changes)}" if changes
                    else f"pvenat sync: nothing to change ({count})")
@@ -231,7 +237,9 @@ class LastSync:
 
 def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
     """The hosts file holds exactly the wanted leases. A guest holding an address keeps it;
-    a second guest wanting the same address or MAC is left out, and reported."""
+    a second guest wanting the same address or MAC is left out, and reported. With
+    dhcp_range, it reserves the pool's addresses that guests of the cluster have and no
+    lease here gives. Then the DHCP server drops the leases that contradict the file."""
     held = dhcp.read(ctx.places)
     holders = {lease.vmid for lease in held}
     kept, taken = [], leases.Holders()
@@ -246,10 +254,14 @@ def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
             continue
         taken.add(by_vmid[vmid])
         kept += by_vmid[vmid]
-    if sorted(kept) != sorted(held):
-        result.leases = kept
+    reserved = leases.reservations(dhcp.cluster_addresses(ctx.host, ctx.places), kept,
+                                   ctx.host) if ctx.host.dhcp_range else []
+    if sorted(kept) != sorted(held) or sorted(reserved) != sorted(dhcp.read_reserved(
+            ctx.places)):
+        result.leases, result.reserved = kept, reserved
         if not dry_run:
-            dhcp.write(ctx.places, kept)
+            dhcp.write(ctx.places, kept, reserved)
+    result.released = dhcp.settle(ctx.host, ctx.places, dry_run)
 
 
 def sync(ctx, dry_run: bool = False) -> SyncResult:
@@ -259,8 +271,10 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
         apply(ctx, planned, result, dry_run)
         result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
                                               dry_run)
-    if result.script or result.problems or result.hairpin or result.leases is not None:
+    if result.script or result.problems or result.hairpin or result.leases is not None \
+            or result.released:
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),
-                 changed=bool(result.script))
+                 changed=bool(result.script),
+                 released=[f"{mac} {ip}" for mac, ip in result.released])
     return result

@@ -253,3 +253,268 @@ def test_dhcp_and_dns_through_the_pve_host_firewall(firewall):
         assert "base rules repaired" in ok(lab.pvenat("sync"))
         assert input_chain()[0] == "-A INPUT -i vmbr1 -j PVENAT-INPUT"
         assert served() == (want, DNS_ANSWER)
+
+
+# Leases that follow PVE: a changed MAC or address, a removed lease, addresses the
+# dynamic pool must leave alone. Real clients: one-shot udhcpc (lab.dhcp_client) and a
+# udhcpc left running, which holds its lease and renews it when told.
+
+class Holder:
+    """busybox udhcpc running in a namespace as a guest's DHCP client does: it sets the
+    address it gets on eth0, renews on SIGUSR1 (a unicast DHCPREQUEST, as at half the
+    lease time) and logs each event of its script: 'bound ADDR', 'renew ADDR', 'nak',
+    'deconfig', 'leasefail'."""
+
+    SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$subnet" dev "$interface"
+               echo "$1 $ip" >>"$LOG" ;;
+  deconfig) ip addr flush dev "$interface"; echo deconfig >>"$LOG" ;;
+  *) echo "$1" >>"$LOG" ;;
+esac
+exit 0
+"""
+
+    def __init__(self, lab, namespace, timeout=1):
+        self.log = os.path.join(lab.dir, f"holder-{namespace}.log")
+        script = os.path.join(lab.dir, "holder.script")
+        with open(script, "w") as f:
+            f.write(self.SCRIPT)
+        os.chmod(script, 0o755)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, "env", f"LOG={self.log}", "busybox", "udhcpc",
+             "-i", "eth0", "-f", "-t", "3", "-T", str(timeout), "-A", "1", "-s", script],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        lab.procs.append(self.proc)
+
+    def events(self) -> list[str]:
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait(self, event: str, timeout=15.0) -> list[str]:
+        """The events up to the first one starting with ``event`` after those seen."""
+        seen = len(self.events())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = self.events()[seen:]
+            for i, line in enumerate(new):
+                if line.startswith(event):
+                    return new[:i + 1]
+            time.sleep(0.1)
+        raise AssertionError(f"no {event!r} in {self.events()}")
+
+    def renew(self, until: str) -> list[str]:
+        seen = len(self.events())
+        os.kill(self.proc.pid, signal.SIGUSR1)  # ip netns exec execs: the pid is udhcpc's
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            new = self.events()[seen:]
+            if any(line.startswith(until) for line in new):
+                return new
+            time.sleep(0.1)
+        raise AssertionError(f"no {until!r} after the renewal: {self.events()}")
+
+
+def lease_database(lab) -> str:
+    with open(os.path.join(lab.state, "dnsmasq.leases")) as f:
+        return f.read()
+
+
+FOLLOW = {106: "BC:24:11:00:06:06", 107: "BC:24:11:00:06:07", 108: "BC:24:11:00:06:08",
+          109: "BC:24:11:00:06:09"}
+NEW_MAC = "BC:24:11:00:06:66"
+
+
+@pytest.fixture(scope="module", params=[False, True],
+                ids=["on lan bridge", "behind firewall bridges"])
+def follow(request):
+    fw = ",firewall=1" if request.param else ""
+    hook = {"hookscript": "local:snippets/pvenat.py"}
+    guests = {
+        # VMs installed from an ISO, their address in the pvenat block
+        106: {"kind": "qemu", "address": "dhcp", "config": {
+            **hook, "description": "```pvenat\nip: 172.22.161.180\n```",
+            "net0": f"virtio={FOLLOW[106]},bridge=vmbr1{fw}"}},
+        107: {"kind": "qemu", "address": "dhcp", "config": {
+            **hook, "description": "```pvenat\nip: 172.22.161.181\n```",
+            "net0": f"virtio={FOLLOW[107]},bridge=vmbr1{fw}"}},
+        108: {"kind": "qemu", "address": "dhcp", "config": {
+            **hook, "description": "```pvenat\nip: 172.22.161.183\n```",
+            "net0": f"virtio={FOLLOW[108]},bridge=vmbr1{fw}"}},
+        109: {"kind": "qemu", "address": "dhcp", "config": {
+            "net0": f"virtio={FOLLOW[109]},bridge=vmbr1{fw}"}},
+    }
+    for lab in lab_fixture(guests, firewall="iptables" if request.param else None,
+                           prefix=f"pvf{os.getpid() % 100000}"):
+        lab.start_dhcp_server()
+        for vmid in (106, 107, 108):
+            ok(lab.hook(vmid, "pre-start"))
+        yield lab
+
+
+def test_a_new_mac_gets_the_guests_address_at_once(follow):
+    lab = follow
+    assert lab.dhcp_client(106)["ip"] == "172.22.161.180"
+    assert FOLLOW[106].lower() in lease_database(lab)
+    # qm set 106 --net0 virtio=NEW,...: a new NIC, and the guest starts with it
+    lab.set_config(106, net0=lab.guests[106]["config"]["net0"].replace(FOLLOW[106], NEW_MAC))
+    lab.replug(106)
+    if lab.node.firewall == "iptables":
+        lab.load_pve_firewall()  # pve-firewall follows the new MAC within 10 s
+    assert ok(lab.hook(106, "pre-start")) == f"pvenat: 106: DHCP lease 172.22.161.180 for " \
+        f"{NEW_MAC}"
+    assert lab.dhcp_client(106)["ip"] == "172.22.161.180"  # not in 12 h: now
+    assert FOLLOW[106].lower() not in lease_database(lab)
+    assert f"DHCPRELEASE(vmbr1) 172.22.161.180 {FOLLOW[106].lower()}" in open(
+        os.path.join(lab.dir, "dnsmasq.log")).read()
+
+
+def test_a_client_holding_an_old_address_is_refused_at_renewal(follow):
+    lab = follow
+    holder = Holder(lab, lab.ns(107))
+    assert holder.wait("bound") == ["deconfig", "bound 172.22.161.181"]
+    # its address changed in its config: the sync every minute moves the lease
+    lab.set_config(107, description="```pvenat\nip: 172.22.161.182\n```")
+    assert "DHCP leases rewritten (3)" in ok(lab.pvenat("sync"))
+    events = holder.renew(until="bound")
+    assert events[0] == "nak" and events[-1] == "bound 172.22.161.182", events
+    assert "172.22.161.181" not in lease_database(lab)
+
+
+def test_a_removed_lease_frees_its_address_for_the_next_guest(follow):
+    lab = follow
+    holder = Holder(lab, lab.ns(108))
+    assert holder.wait("bound")[-1] == "bound 172.22.161.183"
+    # pvenat is taken off 108, address and all: its lease goes with the next sync
+    ok(lab.pvenat("detach", "108"))
+    lab.set_config(108, description="")
+    sync = ok(lab.pvenat("sync"))
+    assert f"stale DHCP leases released: {FOLLOW[108]} 172.22.161.183" in sync
+    assert "172.22.161.183" not in lease_database(lab)
+    # its address is given to 109, which gets it at its start
+    ok(lab.pvenat("attach", "--ip", "172.22.161.183", "109"))
+    assert ok(lab.hook(109, "pre-start")) == \
+        f"pvenat: 109: DHCP lease 172.22.161.183 for {FOLLOW[109]}"
+    assert lab.dhcp_client(109)["ip"] == "172.22.161.183"
+    # and 108, which still holds it, is refused at its renewal and gets nothing
+    events = holder.renew(until="leasefail")
+    assert events[:2] == ["nak", "deconfig"] and "bound" not in " ".join(events), events
+
+
+def restart_dhcp_server(lab, between):
+    """pvenat-dhcp.service stopped, ``between()`` run, started again."""
+    proc = next(p for p in lab.procs if "dhcp-server" in p.args)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
+    lab.procs.remove(proc)
+    between()
+    pid_file = os.path.join(lab.state, "dnsmasq.pid")
+    old = open(pid_file).read()
+    with open(os.path.join(lab.dir, "dnsmasq.log"), "a") as log:
+        lab.procs.append(subprocess.Popen(lab.pvenat_argv("dhcp-server"), stdout=log,
+                                          stderr=log, start_new_session=True))
+    for _ in range(100):
+        if open(pid_file).read() not in ("", old):
+            return
+        time.sleep(0.05)
+    raise AssertionError("pvenat dhcp-server did not start again")
+
+
+def test_the_server_starts_without_leases_changed_while_it_was_stopped(follow):
+    lab = follow
+
+    def nic_changes_back():  # 106's NIC changes while no DHCP server runs (an upgrade)
+        lab.set_config(106, net0=lab.guests[106]["config"]["net0"].replace(NEW_MAC,
+                                                                           FOLLOW[106]))
+        lab.replug(106)
+        if lab.node.firewall == "iptables":
+            lab.load_pve_firewall()
+        ok(lab.hook(106, "pre-start"))
+        assert NEW_MAC.lower() in lease_database(lab)  # nobody to tell
+
+    restart_dhcp_server(lab, nic_changes_back)
+    assert NEW_MAC.lower() not in lease_database(lab)
+    assert lab.dhcp_client(106)["ip"] == "172.22.161.180"
+
+
+def ask(lab, vmid) -> dict:
+    """A one-shot client that waits 3 s for an offer, as real ones do: from the pool,
+    dnsmasq pings an address before it offers it (a second or so)."""
+    script = os.path.join(lab.dir, "ask.script")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\n[ "$1" = bound ] && echo "ip=$ip"\nexit 0\n')
+    os.chmod(script, 0o755)
+    out = sh("ip", "netns", "exec", lab.ns(vmid), "busybox", "udhcpc", "-i", "eth0", "-f",
+             "-q", "-n", "-t", "3", "-T", "3", "-A", "1", "-s", script, check=False).stdout
+    line = next((x for x in out.splitlines() if x.startswith("ip=")), "")
+    return dict(part.split("=", 1) for part in line.split())
+
+
+POOL_MACS = {vmid: f"BC:24:11:00:07:{vmid - 300:02X}" for vmid in range(301, 307)}
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """dhcp_range 172.22.161.200-203 for guests pvenat does not know. Of the cluster's
+    guests, 301 (on node pve2) has .200, 302 (here, a container with a static address,
+    no hookscript) has .201; 303 sits on pve2 with no address yet; 304-306 are guests
+    here that pvenat does not know, asking by DHCP."""
+    hook = {"hookscript": "local:snippets/pvenat.py"}
+    guests = {
+        301: {"kind": "qemu", "node": "pve2", "config": {
+            **hook, "net0": f"virtio={POOL_MACS[301]},bridge=vmbr1",
+            "ide2": "local-lvm:vm-301-cloudinit,media=cdrom",
+            "ipconfig0": "ip=172.22.161.200/24,gw=172.22.161.254"}},
+        302: {"kind": "lxc", "address": "172.22.161.201", "config": {
+            "net0": f"name=eth0,bridge=vmbr1,hwaddr={POOL_MACS[302]},"
+                    "ip=172.22.161.201/24,gw=172.22.161.254,type=veth"}},
+        303: {"kind": "qemu", "node": "pve2", "config": {
+            **hook, "net0": f"virtio={POOL_MACS[303]},bridge=vmbr1"}},
+        **{vmid: {"kind": "qemu", "address": "dhcp", "config": {
+            "net0": f"virtio={POOL_MACS[vmid]},bridge=vmbr1"}} for vmid in (304, 305, 306)},
+    }
+    for lab in lab_fixture(guests, prefix=f"pvp{os.getpid() % 100000}"):
+        lab.write_config("dhcp_range: 172.22.161.200-172.22.161.203\n")
+        lab.start_dhcp_server()
+        yield lab
+
+
+def test_the_pool_never_gives_an_address_a_guest_of_the_cluster_has(pool):
+    lab = pool
+    assert "DHCP leases rewritten (0, 2 reserved)" in ok(lab.pvenat("sync"))
+    assert open(os.path.join(lab.state, "dhcp-hosts")).read() == (
+        "# reserved for guest 301\n172.22.161.200\n# reserved for guest 302\n172.22.161.201\n")
+    holder = Holder(lab, lab.ns(304), timeout=3)
+    first = holder.wait("bound")[-1].split()[1]
+    second = ask(lab, 305).get("ip")
+    assert sorted([first, second]) == ["172.22.161.202", "172.22.161.203"]
+    assert ask(lab, 306) == {}  # the rest of the pool is the guests'
+    assert "ok   dhcp: dnsmasq " in lab.pvenat("status").stdout
+    assert "0 leases, 2 addresses of dhcp_range reserved" in lab.pvenat("status").stdout
+    lab.pool_holder = holder
+
+
+def test_a_guest_that_takes_a_pool_address_finds_it_free_when_it_migrates_here(pool):
+    lab = pool
+    holder = lab.pool_holder
+    taken = holder.events()[-1].split()[1]
+    # on pve2, 303 is given the address an unknown guest here has from the pool
+    lab.set_config(303, ide2="local-lvm:vm-303-cloudinit,media=cdrom",
+                   ipconfig0=f"ip={taken}/24,gw=172.22.161.254")
+    sync = ok(lab.pvenat("sync"))
+    assert f"stale DHCP leases released: {POOL_MACS[304]} {taken}" in sync
+    assert f"# reserved for guest 303\n{taken}\n" in open(
+        os.path.join(lab.state, "dhcp-hosts")).read()
+    # the unknown guest is refused at its renewal, and the pool has nothing left for it
+    events = holder.renew(until="leasefail")
+    assert events[:2] == ["nak", "deconfig"] and "bound" not in " ".join(events), events
+    # 303 migrates here (live: its config still on pve2) and gets its address
+    lab.guests[303]["address"] = "dhcp"
+    lab.add_guest(303)
+    assert ok(lab.hook(303, "pre-start", {"PVE_MIGRATED_FROM": "pve2"})) == \
+        f"pvenat: 303: DHCP lease {taken} for {POOL_MACS[303]}"
+    assert "reserved for guest 303" not in open(os.path.join(lab.state, "dhcp-hosts")).read()
+    assert lab.dhcp_client(303)["ip"] == taken

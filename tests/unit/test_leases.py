@@ -96,3 +96,76 @@ def test_the_first_free_address_skips_the_host_the_range_and_the_taken():
     full = {f"172.22.161.{i}": i for i in range(1, 254)}
     with pytest.raises(PvenatError, match="no free address left in 172.22.161.0/24"):
         attach.first_free(HOST, full)
+
+
+POOL = HOST._replace(dhcp_range=("172.22.161.200", "172.22.161.210"))
+L101 = leases.Lease(101, "BC:24:11:00:00:01", "172.22.161.170", "web")
+
+
+def test_reserved_addresses_round_trip_beside_the_leases():
+    reserved = [leases.Reserved(205, "172.22.161.205"), leases.Reserved(107, "172.22.161.9")]
+    text = leases.render([L101], reserved)
+    assert text == ("# guest 101\nBC:24:11:00:00:01,172.22.161.170,web\n"
+                    "# reserved for guest 107\n172.22.161.9\n"
+                    "# reserved for guest 205\n172.22.161.205\n")
+    assert leases.parse(text) == [L101]  # a reservation is no lease
+    assert leases.parse_reserved(text) == [reserved[1], reserved[0]]  # address order
+
+
+def test_the_pool_reserves_what_guests_of_the_cluster_have_and_no_lease_gives():
+    held = {"172.22.161.170": 101, "172.22.161.200": 301, "172.22.161.205": 104,
+            "172.22.161.211": 302, "172.22.161.209": 103}
+    mine = [L101, leases.Lease(103, "BC:24:11:00:00:03", "172.22.161.209", "")]
+    assert leases.reservations(held, mine, POOL) == [
+        leases.Reserved(301, "172.22.161.200"), leases.Reserved(104, "172.22.161.205")]
+    assert leases.reservations(held, mine, HOST) == []  # no pool, nothing to keep from it
+
+
+def test_stale_leases_are_those_the_hosts_file_contradicts():
+    mine = [L101._replace(mac="BC:24:11:00:00:99"),  # 101's NIC is new
+            leases.Lease(102, "BC:24:11:00:00:02", "172.22.161.172", ""),  # moved
+            leases.Lease(103, "BC:24:11:00:00:03", "172.22.161.173", ""),  # as it was
+            leases.Lease(103, "BC:24:11:00:00:13", "172.22.161.173", "")]  # its second NIC
+    reserved = [leases.Reserved(301, "172.22.161.201")]
+    database = [("BC:24:11:00:00:01", "172.22.161.170"),  # the old NIC: its address is taken
+                ("BC:24:11:00:00:02", "172.22.161.171"),  # 102's old address
+                ("BC:24:11:00:00:03", "172.22.161.173"),
+                ("BC:24:11:00:00:13", "172.22.161.173"),
+                ("BC:24:11:00:00:04", "172.22.161.174"),  # a guest whose lease went
+                ("02:00:00:00:00:01", "172.22.161.201"),  # the pool gave a reserved address
+                ("02:00:00:00:00:02", "172.22.161.202"),  # an unknown guest in the pool
+                ("02:00:00:00:00:03", "10.0.0.3")]  # not of this subnet: not ours
+    assert leases.stale(database, mine, reserved, POOL) == [
+        ("BC:24:11:00:00:01", "172.22.161.170"), ("BC:24:11:00:00:02", "172.22.161.171"),
+        ("BC:24:11:00:00:04", "172.22.161.174"), ("02:00:00:00:00:01", "172.22.161.201")]
+    # without a pool there are no dynamic leases to keep
+    assert ("02:00:00:00:00:02", "172.22.161.202") in leases.stale(database, mine, [], HOST)
+
+
+def test_a_release_is_the_packet_dhcp_release_sends():
+    """contrib/lease-tools/dhcp_release.c: struct dhcp_packet with 308 bytes of options."""
+    packet = dhcp.release_packet("bc:24:11:00:00:01", "172.22.161.170",
+                                 bytes([172, 22, 161, 254]))
+    assert len(packet) == 236 + 4 + 308
+    assert packet[:4] == bytes([1, 1, 6, 0])  # BOOTREQUEST, Ethernet, 6-byte MAC, no hops
+    assert packet[12:16] == bytes([172, 22, 161, 170])  # ciaddr: the lease's address
+    assert packet[16:28] == bytes(12)  # yiaddr, siaddr, giaddr
+    assert packet[28:44] == bytes.fromhex("bc2411000001") + bytes(10)  # chaddr
+    assert packet[236:240] == bytes([0x63, 0x82, 0x53, 0x63])  # the magic cookie
+    assert packet[240:250] == bytes([53, 1, 7, 54, 4, 172, 22, 161, 254, 255])
+    assert packet[250:] == bytes(298)
+
+
+def test_the_lease_database_is_pruned_of_stale_leases_before_the_server_starts(tmp_path):
+    places = Places(state_dir=str(tmp_path))
+    (tmp_path / dhcp.HOSTS).write_text(leases.render([L101._replace(mac="BC:24:11:00:00:99")]))
+    lines = ["1796562951 bc:24:11:00:00:01 172.22.161.170 web 01:bc:24:11:00:00:01\n",
+             "1796562951 bc:24:11:00:00:99 172.22.161.170 web *\n",
+             "duid 00:01:00:01:2c:aa:bb:cc:dd:ee:ff:00:11:22\n"]
+    (tmp_path / dhcp.LEASE_DB).write_text("".join(lines))
+    assert dhcp.lease_database(places) == [("BC:24:11:00:00:01", "172.22.161.170"),
+                                           ("BC:24:11:00:00:99", "172.22.161.170")]
+    assert dhcp.prune(HOST, places) == [("BC:24:11:00:00:01", "172.22.161.170")]
+    assert (tmp_path / dhcp.LEASE_DB).read_text() == lines[1] + lines[2]
+    assert dhcp.prune(HOST, places) == []
+    assert dhcp.settle(HOST, places) == []  # no server running: nothing to tell
