@@ -2,19 +2,27 @@
 guest that has none, written into the guest's config, so that PVE's config stays the one
 source of truth (and its DHCP lease follows from it).
 
-Both write as root through pvesh: only root@pam may set a hookscript (qemu-server
-PVE/API2/Qemu.pm, pve-container PVE/LXC.pm). Addresses are taken from every node's guest
-configs: a guest takes its address along when it migrates.
+Both write as root through pvesh (only root@pam may set a hookscript: qemu-server
+PVE/API2/Qemu.pm, pve-container PVE/LXC.pm), one change a guest, with the digest of the
+config it was computed from: PVE refuses it when the config changed meanwhile (a GUI
+edit), and attach reads the guest again and decides again. Addresses are taken from every
+node's guest configs (a guest takes its address along when it migrates), under a
+cluster-wide lock (pveconf.cfs_lock), so that two nodes attaching at once never pick one
+address.
 """
 
 import ipaddress
+from contextlib import nullcontext
 
-from . import dhcp, hostnet, spec
+from . import dhcp, spec
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .hook import refusals
 from .leases import address_in_config
 from .plan import plan_for
+
+ADDRESS_LOCK = "pvenat-addresses"  # /etc/pve/priv/lock/pvenat-addresses while one picks
+TRIES = 3  # reads and writes of a guest whose config keeps changing under attach
 
 
 def attach(ctx, vmids, force: bool, ip: str | None = None):
@@ -25,29 +33,54 @@ def attach(ctx, vmids, force: bool, ip: str | None = None):
     a guest managed at all, and without it the guest would start anyway, silently without
     its forwards and lease, while with it the start refuses and says why. So the guest is
     attached, each problem is reported with its fix, and the command exits 1 (cli)."""
-    node = ctx.host.pve.node_name()
     out, problems = [], []
+    running = ctx.pve.running()
     for vmid in vmids:
-        guest = ctx.configs.guest(node, vmid)
-        _check_other_hookscript(guest, force)
-        lines = []
-        if guest.config.get("hookscript") != HOOKSCRIPT:
-            ctx.api.set_config(node, guest, hookscript=HOOKSCRIPT)
-            lines.append(f"hookscript set to {HOOKSCRIPT}")
-        if ctx.host.dhcp or ip:
-            address, change = give_address(ctx, node, guest, ip)
-            if change:  # the config as its next start will read it
-                guest = guest._replace(config={**guest.config, **change})
-                lines.append(f"address {address} ({next(iter(change))})")
+        guest, lines = _attach(ctx, vmid, force, ip)
         problems += [(vmid, e) for e in start_problems(ctx, guest)]
         if not lines:
             out.append(f"pvenat: {vmid}: already attached")
             continue
-        running = vmid in hostnet.guests_here(ctx.places.sysfs)
         out.append(f"pvenat: {vmid}: {'; '.join(lines)}" + (
-            "; it is running: restart it, or run 'pvenat sync' to apply now" if running
-            else ""))
+            "; it is running: restart it, or run 'pvenat sync' to apply now"
+            if vmid in running else ""))
     return out, problems
+
+
+def _attach(ctx, vmid, force, ip):
+    """The guest's hookscript and address, in one change; returns (the guest as its next
+    start reads it, what changed in words)."""
+    for attempt in range(TRIES):
+        guest = ctx.pve.guest(vmid)
+        _check_other_hookscript(guest, force)
+        picks = bool(ctx.host.dhcp or ip) and needs_address(guest, ctx.host, ip)
+        with ctx.pve.cluster_lock(ADDRESS_LOCK) if picks else nullcontext():
+            if picks:  # what the cluster has now, this guest included
+                guest = ctx.pve.guest(vmid)
+            changes, lines = {}, []
+            if guest.config.get("hookscript") != HOOKSCRIPT:
+                changes["hookscript"] = HOOKSCRIPT
+                lines.append(f"hookscript set to {HOOKSCRIPT}")
+            if picks:
+                try:
+                    address, change = give_address(ctx, guest, ip)
+                except PvenatError:
+                    if changes:  # attached all the same, without an address
+                        ctx.pve.set_config(guest, **changes)
+                    raise
+                if change:
+                    changes.update(change)
+                    lines.append(f"address {address} ({next(iter(change))})")
+            if not changes:
+                return guest, lines
+            try:
+                ctx.pve.set_config(guest, **changes)
+            except PvenatError as e:
+                if e.code == "changed" and attempt + 1 < TRIES:
+                    continue  # read again, decide again: the edit in between stays
+                raise
+        return guest._replace(config={**guest.config, **changes}), lines
+    raise AssertionError("unreachable")
 
 
 def start_problems(ctx, guest) -> list[PvenatError]:
@@ -61,15 +94,14 @@ def start_problems(ctx, guest) -> list[PvenatError]:
 
 
 def detach(ctx, vmids, force: bool) -> list[str]:
-    node = ctx.host.pve.node_name()
     out = []
     for vmid in vmids:
-        guest = ctx.configs.guest(node, vmid)
+        guest = ctx.pve.guest(vmid)
         _check_other_hookscript(guest, force)
         if guest.config.get("hookscript") is None:
             out.append(f"pvenat: {vmid}: already detached")
             continue
-        ctx.api.set_config(node, guest, delete="hookscript")
+        ctx.pve.set_config(guest, delete="hookscript")
         out.append(f"pvenat: {vmid}: hookscript cleared")
     return out
 
@@ -81,19 +113,23 @@ def _check_other_hookscript(guest, force):
                           "pvenat leaves it alone unless you add --force")
 
 
-def give_address(ctx, node, guest, wanted: str | None) -> tuple[str, dict]:
-    """The guest's address on lan_bridge: ``wanted``, or when it has none the first free
-    one. Written into its config; returns it and the option written ("", {} when nothing
-    changed)."""
-    host = ctx.host
+def needs_address(guest, host, wanted: str | None) -> bool:
+    """Whether attach picks or checks an address for the guest: it has a NIC on
+    lan_bridge, and no address there yet or another than ``wanted``."""
     if not any(n.bridge == host.lan_bridge for n in spec.nics(guest.kind, guest.config)):
         if wanted:
             raise PvenatError("spec", f"guest {guest.vmid}: no NIC on {host.lan_bridge}; "
                               f"give it one (bridge={host.lan_bridge}) first")
-        return "", {}
+        return False
     have = address_in_config(guest, host)
-    if have and (not wanted or wanted == have):
-        return "", {}
+    return not have or bool(wanted and wanted != have)
+
+
+def give_address(ctx, guest, wanted: str | None) -> tuple[str, dict]:
+    """The guest's address on lan_bridge: ``wanted``, or the first free one, and the
+    option that writes it into its config ("", {} when nothing changes). The caller holds
+    the cluster lock and writes it."""
+    host = ctx.host
     used = {ip: vmid for ip, vmid in used_addresses(ctx).items() if vmid != guest.vmid}
     if wanted:
         ip = _check_wanted(guest.vmid, wanted, host, used)
@@ -106,7 +142,6 @@ def give_address(ctx, node, guest, wanted: str | None) -> tuple[str, dict]:
             raise problem
         if problem:
             return "", {}  # the 'ip:' they may name is unknown; the warning says what to fix
-    ctx.api.set_config(node, guest, **{option: value})
     return ip, {option: value}
 
 
@@ -156,17 +191,28 @@ def _check_wanted(vmid, wanted, host, used) -> str:
 def address_option(guest, ip: str, host) -> tuple[str, str]:
     """Where the address goes in the guest's config: an LXC NIC's ip= (PVE sets it inside
     the container), a QEMU guest's cloud-init ipconfigN when it has cloud-init, else the
-    pvenat block's ip: (and the guest takes it by DHCP)."""
+    pvenat block's ip: (and the guest takes it by DHCP). The option's other fields (an
+    LXC NIC's, ipconfigN's ip6= and gw6=) stay as they are."""
     prefix, gateway = host.lan_network.prefixlen, host.lan_address.ip
     nic = next(n for n in spec.nics(guest.kind, guest.config) if n.bridge == host.lan_bridge)
     key = f"net{nic.index}"
     if guest.kind == "lxc":
-        opts = [part for part in guest.config[key].split(",")
-                if not part.startswith(("ip=", "gw="))]
-        return key, ",".join(opts + [f"ip={ip}/{prefix}", f"gw={gateway}"])
+        return key, _with_fields(guest.config[key], {"ip": f"{ip}/{prefix}",
+                                                     "gw": str(gateway)}, first=False)
     if _has_cloudinit(guest.config) or f"ipconfig{nic.index}" in guest.config:
-        return f"ipconfig{nic.index}", f"ip={ip}/{prefix},gw={gateway}"
+        key = f"ipconfig{nic.index}"
+        return key, _with_fields(guest.config.get(key, ""), {"ip": f"{ip}/{prefix}",
+                                                             "gw": str(gateway)})
     return "description", spec.with_ip(guest.config.get("description", ""), ip)
+
+
+def _with_fields(value: str, fields: dict, first: bool = True) -> str:
+    """A property string (``a=1,b=2``) with ``fields`` set, ahead of its other fields (as
+    the GUI writes ipconfigN: ip, gw, ip6, gw6) or after them (PVE prints an LXC NIC
+    anew anyway); the other fields as they were."""
+    rest = [p for p in value.split(",") if p and p.split("=", 1)[0] not in fields]
+    mine = [f"{k}={v}" for k, v in fields.items()]
+    return ",".join(mine + rest if first else rest + mine)
 
 
 def _has_cloudinit(config) -> bool:

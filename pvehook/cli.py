@@ -144,7 +144,7 @@ def cmd_check(args, ctx) -> int:
     if vmid is None and args.notes is None:
         raise PvenatError("usage", "check what? give a VMID, or --notes FILE (see pvenat "
                           "check --help)")
-    on_node = os.path.isdir(host.pve.config_dir)  # every PVE node has pmxcfs mounted
+    on_node = ctx.pve.on_node()  # every PVE node has pmxcfs mounted
     elsewhere = f"not a PVE node (no {host.pve.config_dir})"
     known = vmid is not None and on_node  # a guest whose config pvenat reads
     unchecked = []
@@ -158,7 +158,7 @@ def cmd_check(args, ctx) -> int:
     else:
         source = "standard input" if args.notes == "-" else args.notes
         notes = read_notes(args.notes)
-        guest = ctx.configs.guest(host.pve.node_name(), vmid) if known else \
+        guest = ctx.pve.guest(vmid) if known else \
             Guest(vmid or 0, "qemu", {})
         if vmid is not None and not known:
             unchecked.append(f"guest {vmid}'s NICs and tags: {elsewhere}")

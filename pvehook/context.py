@@ -1,12 +1,14 @@
-"""What every command works with: the host config, PVE access, the kernel, and the places
-pvenat keeps its runtime files. Tests and labs pass their own parts."""
+"""What every command works with: the host config, PVE (pve.Pve), the kernel, and the
+places pvenat keeps its runtime files. Tests and labs pass their own parts."""
 
 import os
 from typing import NamedTuple
 
 STATE_DIR = "/run/pvenat"  # caches and the lock, safe to delete; PVENAT_STATE_DIR moves it
 HOOKSCRIPT = "local:snippets/pvenat.py"  # how a guest's config names the hookscript
-SNIPPET = "var/lib/vz/snippets/pvenat.py"  # the file PVE resolves it to, under /
+# The file PVE resolves it to with storage local as PVE sets it up; where local's path or
+# content-dirs say otherwise, there (snippet()).
+SNIPPET = "/var/lib/vz/snippets/pvenat.py"
 # What pvenat install enables (unit -> the target that wants it); the DHCP server only
 # with dhcp on.
 UNITS = {"pvenat.service": "multi-user.target", "pvenat-sync.timer": "timers.target"}
@@ -15,6 +17,12 @@ DHCP_UNIT = {"pvenat-dhcp.service": "multi-user.target"}
 
 def units(host) -> dict:
     return {**UNITS, **(DHCP_UNIT if host.dhcp else {})}
+
+
+def snippet(pve, root: str = "/") -> str:
+    """The hookscript's file: where PVE finds HOOKSCRIPT (pve.Pve.volume_path), under
+    ``root`` (pvenat install --root)."""
+    return os.path.join(root, pve.volume_path(HOOKSCRIPT).lstrip("/"))
 
 
 class Places(NamedTuple):
@@ -35,27 +43,18 @@ class Places(NamedTuple):
 
 
 class Context:
-    def __init__(self, host, api, configs, kernel, places: Places = Places()):
+    def __init__(self, host, pve, kernel, places: Places = Places()):
         self.host = host
-        self.api = api  # the PVE API as root: config changes (a hookscript, storage content)
-        self.configs = configs  # guest lists and configs: /etc/pve files, or the API
+        self.pve = pve  # PVE: configs read, changes written, this node's facts (pve.Pve)
         self.kernel = kernel  # read() / apply() / has_chain(): netfilter.Iptables
         self.places = places
 
 
 def context(host, places: Places) -> Context:
-    """The live host's parts. Imported lazily: a hook pays only for what it uses.
-
-    Changes go through pvesh, as root@pam: only root may set a guest's hookscript
-    (qemu-server PVE/API2/Qemu.pm, pve-container PVE/LXC.pm), which no API token is.
-    Reads go where pve.config_source says, through pve.backend for the API.
-    """
+    """The live host's parts. Imported lazily: a hook pays only for what it uses (pve.Pve
+    makes its backends when first asked)."""
     from .netfilter import Iptables
-    from .pve import PveApi
-    from .pveconf import ConfigFiles
+    from .pve import Pve
 
-    root = PveApi(host.pve._replace(backend="local"))
-    reader = root if host.pve.backend == "local" else PveApi(host.pve)
-    configs = ConfigFiles(host.pve.config_dir, places.sysfs) \
-        if host.pve.config_source == "files" else reader
-    return Context(host, root, configs, Iptables(), places)
+    return Context(host, Pve(host.pve, sysfs=places.sysfs, proc=places.proc), Iptables(),
+                   places)

@@ -8,7 +8,6 @@ post-stop   remove the guest's rules and its tracked connections; never fails th
             needs no API.
 """
 
-import os
 import sys
 
 from . import config, dhcp, hostnet, index, leases, logs, netfilter, ruleset
@@ -62,8 +61,7 @@ def run(ctx, vmid: int, phase: str) -> str:
 
 def load_guest(ctx, vmid):
     # During a live migration the config still sits on the source node.
-    node = os.environ.get("PVE_MIGRATED_FROM") or ctx.host.pve.node_name()
-    return ctx.configs.guest(node, vmid)
+    return ctx.pve.guest(vmid, node=ctx.pve.migrated_from())
 
 
 def load_plan(ctx, vmid):

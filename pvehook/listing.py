@@ -1,7 +1,7 @@
 """pvenat list: every managed guest's forwards and DHCP lease, and whether the kernel and
 the DHCP server have them."""
 
-from . import dhcp, hostnet, leases, ruleset
+from . import dhcp, leases, ruleset
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .plan import plan_for
@@ -20,13 +20,12 @@ def collect(ctx) -> list[dict]:
     listed as "stale" (``pvenat sync`` fixes both). A lease is "yes" when the DHCP
     server's hosts file has it.
     """
-    node = ctx.host.pve.node_name()
     current = ctx.kernel.read()
     counters = ctx.kernel.counters()
-    here = hostnet.guests_here(ctx.places.sysfs)  # the API's status lags (pvestatd)
+    here = ctx.pve.running()  # the API's status lags (pvestatd)
     held = set(dhcp.read(ctx.places))
     out = []
-    for info in ctx.configs.guests(node):
+    for info in ctx.pve.guests():
         chain = ruleset.guest_chain(info.vmid)
         live = current["nat"].chains.get(chain)
         status = "running" if info.vmid in here else "stopped"
@@ -34,7 +33,7 @@ def collect(ctx) -> list[dict]:
                  "status": status, "address": None, "mac": None, "lease": None,
                  "forwards": [], "error": None}
         try:
-            guest = ctx.configs.guest(node, info.vmid, info.kind)
+            guest = ctx.pve.guest(info.vmid, info.kind)
             entry["name"] = guest.config.get("name") or guest.config.get("hostname") \
                 or info.name
             plan = plan_for(guest, ctx.host)

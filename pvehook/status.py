@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 from . import __version__, dhcp, hostnet, ruleset
-from .context import HOOKSCRIPT, SNIPPET, units
+from .context import HOOKSCRIPT, SNIPPET, snippet, units
 from .errors import PvenatError
 from .plan import plan_for
 from .spec import nics
@@ -39,7 +39,12 @@ def _config(ctx, config_path, root):
 
 
 def _snippet(ctx, config_path, root):
-    path = os.path.join(root, SNIPPET)
+    """The file PVE runs for pvenat's hookscript, where storage local keeps snippets;
+    where PVE keeps them by default when the storage cannot be read."""
+    try:
+        path = snippet(ctx.pve, root)
+    except PvenatError:
+        path = os.path.join(root, SNIPPET.lstrip("/"))
     return [("hookscript", os.path.exists(path),
              path + ("" if os.path.exists(path) else " missing; run 'pvenat install'"))]
 
@@ -114,11 +119,10 @@ def _dhcp(ctx, config_path, root):
 
 
 def _guests(ctx, config_path, root):
-    node = ctx.host.pve.node_name()
     unhooked, no_address = [], []
-    for info in ctx.configs.guests(node):
+    for info in ctx.pve.guests():
         try:
-            guest = ctx.configs.guest(node, info.vmid, info.kind)
+            guest = ctx.pve.guest(info.vmid, info.kind)
         except PvenatError:
             continue
         on_lan = any(n.bridge == ctx.host.lan_bridge for n in nics(guest.kind, guest.config))

@@ -15,7 +15,7 @@ import json
 import os
 
 from . import __version__, dhcp, files, hostnet, index, leases, logs, netfilter, plancache
-from . import pveconf, ruleset
+from . import ruleset
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .plan import Held, plan_for
@@ -77,13 +77,12 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     with DHCP on, the leases of every guest here that has pvenat's hookscript, running or
     not (a guest keeps its address when it stops)."""
     host = ctx.host
-    node = host.pve.node_name()
     cache_path = os.path.join(ctx.places.state_dir, "plans.json")
     cached, fresh, host_key = plancache.load(cache_path), {}, plancache.host_key(host)
-    seen = hostnet.guests_here(ctx.places.sysfs)
+    seen = ctx.pve.running()
     # Running here means PVE's devices for it are here: the API's status comes from
     # pvestatd, seconds late, and would bring back a guest whose post-stop just ran.
-    listed = ctx.configs.guests(node)
+    listed = ctx.pve.guests()
     out = Planned({i.vmid: i.kind for i in listed if i.vmid in seen}, seen)
     for info in listed:
         running = info.vmid in out.running
@@ -91,7 +90,7 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
             continue
         guest = plan = None
         try:
-            guest = ctx.configs.guest(node, info.vmid, info.kind)
+            guest = ctx.pve.guest(info.vmid, info.kind)
             key = plancache.fingerprint(host_key, guest)
             fresh[key] = plan = cached[key] if key in cached else plan_for(guest, host)
             if plan is not None and running:
@@ -154,7 +153,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
     heads = {t: table.first for t, table in ruleset.base(host, public).items()}
 
     def change(current):
-        here = hostnet.guests_here(places.sysfs)
+        here = ctx.pve.running()
         # NICs gone since the listing: the guest stopped meanwhile, and its post-stop may
         # have cleaned up already; it is not running, whatever the listing said.
         stopped = planned.seen - here
@@ -165,8 +164,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
         # between pre-start and its NICs, a stop before post-stop): its own hooks have
         # it in hand.
         gone = ruleset.managed_guests(current) - (planned.running.keys() - stopped)
-        busy = (gone & here) | pveconf.config_locked(gone - here, host.pve.lock_dir,
-                                                     places.proc)
+        busy = (gone & here) | ctx.pve.locked(gone - here)
         plans = {v: p for v, p in planned.plans.items() if v not in stopped}
         keep = (planned.broken - stopped) | busy
         inputs = LastSync.inputs(host, public, plans, keep)

@@ -21,8 +21,7 @@ class Env:
 
     def __init__(self, ctx, system: System, config_path: str, token: bool = False):
         self.host = ctx.host
-        self.api = ctx.api  # as root, through pvesh
-        self.configs = ctx.configs
+        self.pve = ctx.pve  # reads configs, writes as root through pvesh (pve.Pve)
         self.kernel = ctx.kernel
         self.places = ctx.places
         self.system = system

@@ -66,14 +66,15 @@ def install(env):
 
 
 def uninstall(env):
-    """Keeps the bridge while a guest has a NIC on it, and says which."""
+    """Keeps the bridge while a guest of the cluster may start on it, and says which."""
     host, system = env.host, env.system
     if not env.record.bridge:
         return None
     users = bridge_users(env)
     if users:
-        env.notes.append(f"kept {host.lan_bridge}: guests {', '.join(users)} have a NIC on "
-                         "it; move them, then run pvenat uninstall again")
+        env.notes.append(f"kept {host.lan_bridge}: {users} have a NIC on it, and PVE refuses "
+                         "to start a guest here whose bridge is missing; move them, then run "
+                         "pvenat uninstall again")
         return None
     edits = {}
     for p, sep in env.record.bridge.items():
@@ -93,15 +94,26 @@ def uninstall(env):
                   Do("\n".join(diff(p, old, new) for p, (old, new) in edits.items()), apply))
 
 
-def bridge_users(env) -> list[str]:
-    node = env.host.pve.node_name()
-    users = []
-    for info in env.configs.guests(node):
-        config = env.configs.guest(node, info.vmid, info.kind).config
-        if any(f"bridge={env.host.lan_bridge}" in str(v).split(",")
-               for k, v in config.items() if re.fullmatch(r"net[0-9]+", k)):
-            users.append(str(info.vmid))
-    return users
+def bridge_users(env) -> str:
+    """The guests of the cluster with a NIC on lan_bridge, in words ("" for none): any
+    node's (a migration or HA recovery brings it here), current config, pending change
+    or snapshot (a rollback brings it back); PVE reads the bridge's MTU as it plugs a
+    NIC and fails the start without it (pve-common PVE/Network.pm read_bridge_mtu). A
+    cluster filesystem that shows no guest (pve-cluster down) proves nothing: that
+    keeps the bridge too."""
+    if not env.pve.cluster_readable():
+        return (f"the cluster filesystem ({env.host.pve.config_dir}) shows no node, so "
+                "guests that may")
+    node, users = env.pve.node, []
+    for gf in env.pve.cluster():
+        where = [w for w, config in gf.configs() if any(
+            f"bridge={env.host.lan_bridge}" in str(v).split(",")
+            for k, v in config.items() if re.fullmatch(r"net[0-9]+", k))]
+        if where:
+            detail = ([] if gf.node == node else [f"on {gf.node}"]) + [
+                w for w in where if w != "current"]
+            users.append(f"{gf.vmid}" + (f" ({', '.join(detail)})" if detail else ""))
+    return f"guests {', '.join(users)}" if users else ""
 
 
 def check(system, path: str, text: str):

@@ -14,6 +14,9 @@ FACTS = {
     "units": [],  # the units enabled
     "token": "",  # the API token pvenat created, USER!NAME
     "user": "",  # the PVE user pvenat created for it
+    # the hookscript's file as installed (storage local's snippets folder); kept while the
+    # snippet is, so that the package's scripts find it (debian/postinst, postrm)
+    "snippet": "",
 }
 
 

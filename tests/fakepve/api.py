@@ -3,13 +3,28 @@
 Both fronts use it: the ``pvesh`` executable (root@pam on the node) and server.py (the
 HTTPS API, with an API token). The fixture, named by $PVENAT_FAKE_PVE, is
 {"guests": [{"vmid", "type", "node", "status", "name", "config": {...},
-             "pending": {...}?}],
- "storage": {...}, "fault": null | "timeout" | "garbage" | "warning", "etc_pve": DIR};
+             "pending": {...}?, "snapshots": {NAME: {...}}?, "cloudinit": {...}?}],
+ "storage": {...}, "fault": null | "timeout" | "garbage" | "warning", "etc_pve": DIR,
+ "pvesh_load": SECONDS?};
 changes are written back, and each guest's config to DIR/nodes/NODE/... as pmxcfs
 holds it (write_confs). What it models, from PVE's source:
 
 - GET .../config merges pending changes unless current=1 (qemu-server PVE/API2/Qemu.pm
-  vm_config, pve-container PVE/API2/LXC/Config.pm; AbstractConfig load_current_config);
+  vm_config, pve-container PVE/API2/LXC/Config.pm; AbstractConfig load_current_config),
+  with ``digest``, the sha1 of the .conf (QemuServer.pm parse_vm_config, LXC/Config.pm
+  parse_pct_config), and without the [special:cloudinit] section (the answer holds
+  config properties alone: json_config_properties);
+- PUT .../config with a ``digest`` that is not the .conf's is refused, QEMU's words
+  "checksum mismatch (file change by other user?)" (update_vm), LXC's "detected modified
+  configuration - file changed by other user? Try again." (pve-common PVE/Tools.pm
+  assert_if_modified);
+- a cloud-init option (ipconfigN, nameserver, ...) changed on a running VM goes into the
+  current config at once, and [special:cloudinit] records what the guest's drive still
+  has (QemuServer.pm vmconfig_hotplug_pending, cloudinit_record_changed); the section is
+  written only while the VM has a cloud-init drive (write_vm_config: has_cloudinit), and
+  a start drops it (qmpct.py);
+- GET /storage/{id} gives content as a comma list and content-dirs as an object
+  (pve-storage PVE/API2/Storage/Config.pm api_storage_config);
 - only root@pam may set or delete a guest's hookscript: a token gets qemu-server's
   "only root can set 'hookscript' config" (500) or pve-container's permission error
   (403); GET and PUT /storage/{id} need Datastore.Allocate, which PVEAuditor lacks;
@@ -18,6 +33,7 @@ holds it (write_confs). What it models, from PVE's source:
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -57,32 +73,64 @@ def conf_path(node, kind, vmid):
 
 
 def render_conf(config: dict, snapshot: dict | None = None, pending: dict | None = None,
-                kind: str = "qemu") -> str:
-    """A .conf as PVE writes it: Notes as percent-encoded # lines, then keys, then
-    pending changes ([PENDING] for QEMU, [pve:pending] for LXC) and snapshot sections,
-    which hold configs that are not current."""
-    def encode(text):
-        plain = " -_.,/=+*!?()[]{}<>'\"`~^|;@&$"
-        return "".join(c if c.isascii() and (c.isalnum() or c in plain) else
-                       "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+                kind: str = "qemu", snapshots: dict | None = None,
+                cloudinit: dict | None = None) -> str:
+    """A .conf as PVE writes it (qemu-server PVE/QemuServer.pm write_vm_config): Notes as
+    percent-encoded # lines, then keys; then pending changes ([PENDING] for QEMU,
+    [pve:pending] for LXC), [special:cloudinit] while the VM has a cloud-init drive, and
+    the snapshot sections by name (``snapshot``: one called before-upgrade), which hold
+    configs that are not current."""
+    def section(conf):
+        lines = [f"#{_encode(line)}" for line in conf.get("description", "").split("\n")] \
+            if conf.get("description") else []
+        return lines + [f"{k}: {v}" for k, v in sorted(conf.items()) if k != "description"]
 
-    lines = [f"#{encode(line)}" for line in config.get("description", "").split("\n")] \
-        if config.get("description") else []
-    lines += [f"{k}: {v}" for k, v in sorted(config.items()) if k != "description"]
+    lines = section(config)
     if pending:
         lines += ["", "[PENDING]" if kind == "qemu" else "[pve:pending]"]
         lines += [f"{k}: {v}" for k, v in sorted(pending.items())]
-    if snapshot:
-        lines += ["", "[before-upgrade]"] + [f"{k}: {v}" for k, v in snapshot.items()]
+    if cloudinit and kind == "qemu" and has_cloudinit(config):
+        lines += ["", "[special:cloudinit]"] + section(cloudinit)
+    snapshots = dict(snapshots or {}, **({"before-upgrade": snapshot} if snapshot else {}))
+    for name, conf in sorted(snapshots.items()):
+        lines += ["", f"[{name}]"] + [f"{k}: {v}" for k, v in conf.items()]
     return "\n".join(lines) + "\n"
+
+
+def _encode(text):
+    plain = " -_.,/=+*!?()[]{}<>'\"`~^|;@&$"
+    return "".join(c if c.isascii() and (c.isalnum() or c in plain) else
+                   "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def has_cloudinit(config: dict) -> bool:
+    """A cloud-init drive among the VM's disks (QemuConfig.pm has_cloudinit)."""
+    return any(re.fullmatch(r"(ide|sata|scsi|virtio)[0-9]+", k) and
+               re.search(r"vm-[0-9]+-cloudinit", str(v)) for k, v in config.items())
+
+
+# A snapshot every guest of the fixture has unless it names its own: there to be skipped.
+OLD_SNAPSHOT = {"before-upgrade": {"description": "old%0Anotes", "tags": "pvenat-10001"}}
+
+
+def conf_text(g) -> str:
+    """The guest's .conf as pmxcfs holds it."""
+    return render_conf(g["config"], None, g.get("pending"), g["type"],
+                       g.get("snapshots", OLD_SNAPSHOT), g.get("cloudinit"))
+
+
+def digest(g) -> str:
+    return hashlib.sha1(conf_text(g).encode()).hexdigest()
 
 
 def write_confs(data):
     """Every guest's .conf under data["etc_pve"], as pmxcfs shows them; configs of guests
-    no longer in the fixture go. The snapshot section is there to be skipped."""
+    no longer in the fixture go. pmxcfs's priv/ is there (cluster-wide locks go into
+    priv/lock: pve-cluster PVE/Cluster.pm cfs_lock)."""
     root = data.get("etc_pve")
     if not root:
         return
+    os.makedirs(os.path.join(root, "priv"), mode=0o700, exist_ok=True)
     for folder, _, names in os.walk(os.path.join(root, "nodes")):
         for name in names:
             if name.endswith(".conf") and folder.endswith(("/qemu-server", "/lxc")):
@@ -91,9 +139,7 @@ def write_confs(data):
         path = os.path.join(root, conf_path(g["node"], g["type"], g["vmid"]))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
-            f.write(render_conf(g["config"], {"description": "old%0Anotes",
-                                              "tags": "pvenat-10001"},
-                                g.get("pending"), g["type"]))
+            f.write(conf_text(g))
 
 
 def find(data, node, kind, vmid):
@@ -122,7 +168,7 @@ def _config(g, current: bool) -> dict:
         for key in filter(None, pending.pop("delete", "").split(",")):
             config.pop(key.lstrip("!"), None)
         config.update(pending)
-    config["digest"] = "0" * 40
+    config["digest"] = digest(g)
     if "description" in config:  # PVE drops trailing white space when it parses
         config["description"] = config["description"].rstrip()
     return config
@@ -154,6 +200,9 @@ def handle(path, method="GET", params=None, user=ROOT):
             if m.group(1) not in data.get("storage", {}):
                 raise ApiError(500, f"storage '{m.group(1)}' does not exist")
             if method == "PUT":
+                if "content-dirs" in params:  # kept parsed, as PVE::Storage::Plugin does
+                    params["content-dirs"] = dict(
+                        p.split("=", 1) for p in params["content-dirs"].split(",") if p)
                 data["storage"][m.group(1)].update(params)
                 return None
             return dict(data["storage"][m.group(1)], storage=m.group(1))
@@ -183,14 +232,57 @@ def handle(path, method="GET", params=None, user=ROOT):
             raise ApiError(403, "Permission check failed (changing the hookscript is only "
                            "allowed for root@pam)")  # pve-container PVE/LXC.pm
         with fixture(fixture_path, write=True) as data:
-            config = find(data, node, kind, vmid)["config"]
+            guest = find(data, node, kind, vmid)
+            given = params.pop("digest", None)
+            if given and given != digest(guest):
+                raise ApiError(500, "checksum mismatch (file change by other user?)"
+                               if kind == "qemu" else "detected modified configuration - "
+                               "file changed by other user? Try again.")
+            config = guest["config"]
+            for key in deleted + list(params):
+                if kind == "qemu" and guest.get("status") == "running":
+                    record_cloudinit(guest, key, config.get(key), params.get(key))
             for key in deleted:
                 config.pop(key, None)
-            params.pop("digest", None)
             config.update(params)
             write_confs(data)
         return None
     raise ApiError(501, f"Method '{method} {path}' not implemented")
+
+
+CLOUDINIT_OPTIONS = re.compile(r"ipconfig[0-9]+|cicustom|cipassword|citype|ciupgrade|ciuser|"
+                               r"nameserver|searchdomain|sshkeys|name")
+
+
+def record_cloudinit(guest, opt, old, new):
+    """qemu-server PVE/QemuServer.pm vmconfig_hotplug_pending's cloudinit_record_changed,
+    for the cloud-init options a running VM takes at once (fast_plug_option): what the
+    guest's drive has stays in [special:cloudinit] (the old value, or ``added`` for a
+    key it does not have) until a start regenerates the drive. (A hot-plugged netN is
+    recorded too; the fake plugs no NIC into a running guest.)"""
+    if not CLOUDINIT_OPTIONS.fullmatch(opt):
+        return
+    ci = guest.setdefault("cloudinit", {})
+    recorded = ci.get(opt)
+    added = set(filter(None, ci.pop("added", "").split(",")))
+    if new is not None:
+        if recorded is not None or opt in added:
+            if new == recorded:  # back to what the drive has
+                ci.pop(opt, None)
+                added.discard(opt)
+        elif old is not None:
+            ci[opt] = old
+        else:
+            added.add(opt)
+    elif old is not None:
+        if recorded is None and opt in added:
+            added.discard(opt)
+        elif recorded is None:
+            ci[opt] = old
+    if added:
+        ci["added"] = ",".join(sorted(added))
+    if not ci:
+        guest.pop("cloudinit")
 
 
 def random_ether_addr(prefix: str = MAC_PREFIX) -> str:

@@ -13,7 +13,9 @@ do through their API handlers, for the options pvenat's README uses.
   checked as check_hookscript does (below). QEMU prints ``update VM N: -key value``.
 - ``start``: under the guest's config lock (PVE::QemuConfig / PVE::LXC::Config
   lock_config, a flock on the lock file pvenat's sync looks for), pending changes applied,
-  then the hookscript's ``pre-start``, the guest's NICs, its ``post-start``
+  a VM's cloud-init drive made anew from its config ([special:cloudinit] dropped:
+  PVE/QemuServer/Cloudinit.pm apply_cloudinit_config), then the hookscript's
+  ``pre-start``, the guest's NICs, its ``post-start``
   (qemu-server src/PVE/QemuServer.pm vm_start_nolock; pve-container src/PVE/LXC.pm
   vm_start). The phases run as pve-guest-common src/PVE/GuestHelpers.pm exec_hookscript
   runs them: check_hookscript first, then ``SCRIPT VMID PHASE``; a failing pre-start
@@ -25,8 +27,9 @@ do through their API handlers, for the options pvenat's README uses.
 The NICs are plugged as pve-common src/PVE/Network.pm tap_plug does (the lab's
 pvenode.Node), in the host namespace the fixture's ``runtime`` names:
 {"node": "pve1", "netns": HOST, "guest_netns": "NAME-g{vmid}",
- "firewall": null | "iptables", "lock_dir": DIR}; a hookscript volume is found through
-the fixture's ``storage`` (``local``'s ``path``). The guest's side of each NIC (a veth:
+ "firewall": null | "iptables", "lock_dir": DIR, "root": DIR}; a hookscript volume is found
+through the fixture's ``storage`` (``local``'s ``path`` and ``content-dirs``), in the node's
+file system under ``root`` (/ by default). The guest's side of each NIC (a veth:
 the VM's virtio NIC, the container's eth0) goes into the namespace ``guest_netns`` names
 when it exists, with the config's MAC; there a container's static ``ip=``/``gw=`` is
 applied, as its OS does from the network config PVE writes into it (pve-container
@@ -136,7 +139,8 @@ def unique_tags(tags: str) -> str:
 def set_config(prog, kind, node, vmid, params):
     if "hookscript" in params:  # update_vm: raise_param_exc on check_hookscript's error
         try:
-            check_hookscript(params["hookscript"], _runtime()["storage"])
+            runtime = _runtime()
+            check_hookscript(params["hookscript"], runtime["storage"], runtime.get("root", "/"))
         except Failed as e:
             raise Failed(f"400 Parameter verification failed.\nhookscript: {e}") from None
     if "tags" in params:
@@ -147,9 +151,11 @@ def set_config(prog, kind, node, vmid, params):
             print(f"update VM {vmid}: " + " ".join(f"-{k} {v}" for k, v in params.items()))
 
 
-def check_hookscript(volid: str, storage: dict) -> str:
+def check_hookscript(volid: str, storage: dict, root: str = "/") -> str:
     """pve-guest-common GuestHelpers.pm check_hookscript: the script's path on its storage
-    (PVE::Storage::path: a dir storage's path, then snippets/), a file, executable."""
+    (PVE::Storage::path: a dir storage's path, then its content-dirs folder for snippets,
+    by default snippets/: pve-storage PVE/Storage/Plugin.pm get_subdir), a file,
+    executable. ``root``: where the node's file system is."""
     m = re.fullmatch(r"([\w.-]+):(.+)", volid)
     if not m:
         raise Failed(f"unable to parse volume ID '{volid}'")
@@ -158,7 +164,9 @@ def check_hookscript(volid: str, storage: dict) -> str:
         raise Failed(f"storage '{store}' does not exist")
     if not name.startswith("snippets/"):
         raise Failed(f"'{volid}' is not in the snippets directory")
-    path = os.path.join(storage[store]["path"], name)
+    folder = storage[store].get("content-dirs", {}).get("snippets", "snippets")
+    path = os.path.join(root, storage[store]["path"].lstrip("/"), folder,
+                        name[len("snippets/"):])
     if not os.path.isfile(path):
         raise Failed(f"script '{volid}' does not exist")
     if not os.access(path, os.X_OK):
@@ -205,6 +213,7 @@ def start(kind, node, vmid):
             for key in filter(None, pending.pop("delete", "").split(",")):
                 guest["config"].pop(key.lstrip("!"), None)
             guest["config"].update(pending)
+            guest.pop("cloudinit", None)  # the drive holds the current config now
             api.write_confs(data)
             config = dict(guest["config"])
         runtime = _runtime()
@@ -221,7 +230,7 @@ def hookscript(config, vmid, phase, storage, stop_on_error):
     if not config.get("hookscript"):
         return
     try:
-        path = check_hookscript(config["hookscript"], storage)
+        path = check_hookscript(config["hookscript"], storage, _runtime().get("root", "/"))
         sys.stdout.flush()
         rc = subprocess.run([path, str(vmid), phase], stdout=sys.stdout,
                             stderr=subprocess.STDOUT).returncode

@@ -1,6 +1,7 @@
 """Day-2 commands in the namespace lab: sync, list, check, attach, detach, status."""
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -177,7 +178,8 @@ def test_sync_keeps_a_guest_whose_notes_broke(lab):
 
 def test_sync_and_list_start_no_pvesh(lab):
     """Each pvesh loads all of PVE's API (hundreds of ms on a node): sync and list read
-    the node's own files, and attach starts one for each change it makes."""
+    the node's own files, and attach starts one for each guest it changes, with the
+    digest of the config it read."""
     settle(lab)
     calls = os.path.join(lab.dir, "pvesh-calls")
     env = {"PVENAT_FAKE_PVE_CALLS": calls}
@@ -186,10 +188,13 @@ def test_sync_and_list_start_no_pvesh(lab):
             in (0, 1)
     assert not os.path.exists(calls)
     # 103 has no address: attach gives it the first free one, in its pvenat block
+    with open(os.path.join(lab.etc_pve, "nodes/pve1/qemu-server/103.conf"), "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()
     assert subprocess.run(lab.pvenat_argv("attach", "103", env=env)).returncode == 0
-    assert [line for line in open(calls).read().splitlines() if line.startswith("pvesh")] == [
+    assert open(calls).read() == (
         "pvesh set /nodes/pve1/qemu/103/config -hookscript local:snippets/pvenat.py "
-        "--output-format json", "pvesh set /nodes/pve1/qemu/103/config -description ```pvenat"]
+        "-description ```pvenat\nip: 172.22.161.1\n``` "
+        f"-digest {digest} --output-format json\n")
     assert lab.fixture_config(103)["description"] == "```pvenat\nip: 172.22.161.1\n```"
     run(lab, "detach", "103")
     lab.set_config(103, description="")

@@ -304,11 +304,10 @@ class Node:
         for folder in ("qemu-server", "lxc"):  # /etc/pve as pmxcfs shows a node's
             os.makedirs(os.path.join(lab.etc_pve, "nodes", "pve1", folder), exist_ok=True)
         with api.fixture(lab.fixture, write=True) as data:
-            # storage local of the lab's PVE root, where install puts the snippet; what the
-            # fake qm and pct start needs of the node (tests/fakepve/qmpct.py)
-            data["storage"]["local"]["path"] = os.path.join(root, "var/lib/vz")
+            # what the fake qm and pct start needs of the node (tests/fakepve/qmpct.py): its
+            # file system is the lab's PVE root, where install puts the snippet
             data["runtime"] = {"node": "pve1", "netns": lab.host, "firewall": lab.node.firewall,
-                               "guest_netns": lab.ns("{vmid}"),
+                               "guest_netns": lab.ns("{vmid}"), "root": root,
                                "lock_dir": os.path.join(lab.dir, "lock")}
         install = lab.pvenat("install", "--root", root)
         assert install.returncode == 0, install.stdout + install.stderr

@@ -13,7 +13,8 @@ from pvehook import attach, cli, hook, index, ruleset, sync
 from pvehook.config import HostConfig
 from pvehook.context import HOOKSCRIPT, Context, Places
 from pvehook.errors import PvenatError
-from pvehook.pveconf import ConfigFiles
+from pvehook.pve import Pve
+from pvehook.pveconf import ConfigFiles, digest, parse_conf
 
 from api import render_conf
 
@@ -38,13 +39,15 @@ def ctx(tmp_path):
         folder = tmp_path / "pve/nodes/pve1" / ("qemu-server" if kind == "qemu" else "lxc")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{vmid}.conf").write_text(render_conf(config))
+    (tmp_path / "pve/priv").mkdir()  # pmxcfs's, where cluster-wide locks go
     (tmp_path / "sys/vmbr1/brif").mkdir(parents=True)
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/locks").write_text("")
-    configs = ConfigFiles(str(tmp_path / "pve"), places.sysfs)
-    return Context(HOST._replace(pve=HOST.pve._replace(config_dir=str(tmp_path / "pve"),
-                                                       lock_dir=str(tmp_path / "lock"))),
-                   None, configs, MemKernel(), places)
+    host = HOST._replace(pve=HOST.pve._replace(config_dir=str(tmp_path / "pve"),
+                                               lock_dir=str(tmp_path / "lock")))
+    pve = Pve(host.pve, ConfigFiles(host.pve.config_dir), ConfApi(host.pve.config_dir),
+              sysfs=places.sysfs, proc=places.proc, environ={})
+    return Context(host, pve, MemKernel(), places)
 
 
 def start(ctx, vmid):
@@ -186,14 +189,24 @@ def test_post_stop_never_fails_the_stop(ctx, tmp_path):
 
 
 class ConfApi:
-    """pvesh set as PVE carries it out, for attach: the guest's .conf changes."""
+    """pvesh set as PVE carries it out, for attach: the guest's .conf changes, the options
+    given and no other; refused when ``digest`` is not the .conf's (qemu-server update_vm,
+    pve-container API2/LXC/Config.pm)."""
 
     def __init__(self, config_dir):
         self.config_dir = config_dir
 
     def set_config(self, node, guest, **options):
-        config = dict(guest.config)
-        config.pop(options.pop("delete", None), None)
+        folder = "qemu-server" if guest.kind == "qemu" else "lxc"
+        with open(os.path.join(self.config_dir, "nodes", node, folder, f"{guest.vmid}.conf"),
+                  "rb") as f:
+            raw = f.read()
+        if options.get("digest", digest(raw)) != digest(raw):
+            raise PvenatError("pve", "checksum mismatch (file change by other user?)")
+        options.pop("digest", None)
+        config = parse_conf(raw.decode())
+        for key in filter(None, options.pop("delete", "").split(",")):
+            config.pop(key, None)
         write_conf(self.config_dir, guest.vmid, guest.kind, dict(config, **options), node)
 
 
@@ -225,18 +238,16 @@ NIC_103 = {"net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "ipconfig0": "ip=172
 def test_attach_attaches_and_reports_what_a_start_would_refuse(ctx, config):
     """The same refusal, word for word, as the start's: attach runs pre-start's checks."""
     start(ctx, 102)  # running here: 172.22.161.171, tcp and udp 11000
-    ctx.api = ConfApi(ctx.host.pve.config_dir)
     write_conf(ctx.host.pve.config_dir, 103, "qemu", dict(NIC_103, **config))
     lines, problems = attach.attach(ctx, [103], False)
     assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
-    assert ctx.configs.guest("pve1", 103).config["hookscript"] == HOOKSCRIPT
+    assert ctx.pve.guest(103).config["hookscript"] == HOOKSCRIPT
     assert [(vmid, e.message) for vmid, e in problems] == [(103, refusal(ctx, 103))]
 
 
 def test_attach_reports_each_problem_of_the_guest_as_its_next_start_reads_it(ctx):
     start(ctx, 101)  # its DHCP lease has MAC BC:24:11:00:00:01
     start(ctx, 102)
-    ctx.api = ConfApi(ctx.host.pve.config_dir)
     # 101's MAC, 102's port, and no address yet: attach gives it one, in its pvenat block
     write_conf(ctx.host.pve.config_dir, 103, "qemu", {
         "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr1",
@@ -249,7 +260,7 @@ def test_attach_reports_each_problem_of_the_guest_as_its_next_start_reads_it(ctx
     assert first == refusal(ctx, 103)  # the lease check comes first at pre-start
     assert first.startswith("guest 103: MAC BC:24:11:00:00:01 is also guest 101's")
     write_conf(ctx.host.pve.config_dir, 103, "qemu", dict(
-        ctx.configs.guest("pve1", 103).config, net0="virtio=BC:24:11:00:00:03,bridge=vmbr1"))
+        ctx.pve.guest(103).config, net0="virtio=BC:24:11:00:00:03,bridge=vmbr1"))
     assert second == refusal(ctx, 103)  # line 3: attach wrote "ip:" above it
     assert second.startswith("guest 103, Notes line 3: tcp public port 11000 is already "
                              "forwarded to guest 102")
@@ -257,7 +268,6 @@ def test_attach_reports_each_problem_of_the_guest_as_its_next_start_reads_it(ctx
 
 def test_the_attach_command_warns_and_exits_1(ctx, capsys):
     start(ctx, 102)
-    ctx.api = ConfApi(ctx.host.pve.config_dir)
     args = argparse.Namespace(command="attach", vmids=[101, 103], force=False, ip=None)
     assert cli.cmd_attach(args, ctx) == 1  # 103's tag pvenat-11000 is 102's port
     out, err = capsys.readouterr()
@@ -274,13 +284,12 @@ def test_the_attach_command_warns_and_exits_1(ctx, capsys):
 
 def test_attach_keeps_the_address_of_notes_a_start_would_refuse(ctx):
     """A port outside the pool must not cost the guest the address its block names."""
-    ctx.api = ConfApi(ctx.host.pve.config_dir)
     notes = "```pvenat\nip: 172.22.161.173\nforwards: [8080]\n```"
     write_conf(ctx.host.pve.config_dir, 103, "qemu", {
         "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
     lines, problems = attach.attach(ctx, [103], False)
     assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
-    assert ctx.configs.guest("pve1", 103).config["description"] == notes
+    assert ctx.pve.guest(103).config["description"] == notes
     assert [e.message for _, e in problems] == [refusal(ctx, 103)]
     # Notes pvenat cannot read at all: it does not write an address into them
     notes = "```pvenat\nip: 172.22.161.173\nforwards: [12222 : 22]\n```"
@@ -288,7 +297,7 @@ def test_attach_keeps_the_address_of_notes_a_start_would_refuse(ctx):
         "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
     lines, problems = attach.attach(ctx, [103], False)
     assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
-    assert ctx.configs.guest("pve1", 103).config["description"] == notes
+    assert ctx.pve.guest(103).config["description"] == notes
     assert [e.message for _, e in problems] == [refusal(ctx, 103)]
     with pytest.raises(PvenatError, match="'12222 : 22' reads as a YAML mapping"):
         attach.attach(ctx, [103], False, "172.22.161.50")

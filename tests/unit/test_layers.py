@@ -10,7 +10,8 @@ import pvehook
 LAYERS = [
     ("base", {"__init__", "errors", "files", "logs", "ports", "yamlstrict"}),
     ("model", {"config", "spec", "plan", "ruleset", "leases"}),
-    ("adapters", {"netfilter", "index", "plancache", "pve", "pvesh", "pveconf", "hostnet",
+    ("adapters", {"netfilter", "index", "plancache", "pve", "pveapi", "pvesh", "pveconf",
+                  "hostnet",
                   "dhcp"}),
     ("commands", {"context", "hook", "sync", "listing", "status", "cli", "__main__", "attach",
                   "install"}),

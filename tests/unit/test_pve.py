@@ -7,7 +7,7 @@ import pytest
 from shared import FAKEPVE, TOKEN
 from pvehook.config import PveSettings
 from pvehook.errors import PvenatError
-from pvehook.pve import PveApi
+from pvehook.pveapi import PveApi
 
 GUESTS = [
     {"vmid": 101, "type": "qemu", "node": "pve1", "status": "running", "name": "web",
@@ -117,7 +117,12 @@ def test_timeout_is_a_clear_error(api):
     write(fixture, fault="timeout")
     with pytest.raises(PvenatError) as e:
         client.guest("pve1", 101)
-    assert "guest 101: cannot read /nodes/pve1/qemu/101/config" in e.value.message
+    # the first request finds its kind; as a hook asks (through pve.Pve), a stat does
+    assert "guest 101: cannot list the guests of node pve1: ApiTimeout: no answer within " \
+        "1 s" in e.value.message
+    with pytest.raises(PvenatError) as e:
+        client.guest("pve1", 101, "qemu")
+    assert "guest 101: cannot read /nodes/pve1/qemu/101/config: ApiTimeout" in e.value.message
 
 
 def test_wrong_token_is_refused(fake_api, tmp_path):

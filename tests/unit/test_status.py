@@ -41,7 +41,7 @@ def systemd(tmp_path, monkeypatch):
     return states
 
 
-CTX = Context(HostConfig(), None, None, None, Places())
+CTX = Context(HostConfig(), None, None, Places())
 ALL = ("pvenat.service", "pvenat-sync.timer", "pvenat-dhcp.service")
 
 
@@ -69,5 +69,5 @@ def test_all_inactive_and_not_enabled_says_install(systemd):
 
 def test_without_dhcp_the_dhcp_unit_is_not_wanted(systemd):
     systemd({"pvenat.service": "active", "pvenat-sync.timer": "active"}, {})
-    ctx = Context(HostConfig(dhcp=False), None, None, None, Places())
+    ctx = Context(HostConfig(dhcp=False), None, None, Places())
     assert status._units(ctx, "", "/")[0][1] is True
