@@ -10,13 +10,17 @@
 #
 # What they install on this machine, only where missing (tests/apt-missing: no package
 # already there is upgraded, replaced or removed):
-#   demo:          DEMO_PACKAGES, and Debian's ifupdown2 unpacked into .cache (not installed)
+#   demo:          DEMO_PACKAGES, and Debian's ifupdown2 unpacked into $PVENAT_CACHE (not
+#                  installed; .cache by default)
 #   test-lab:      also LAB_PACKAGES
 #   deb:           DEB_PACKAGES
 #   test, bench:   all of these, TEST_PACKAGES, and PYPI_PACKAGES in the virtualenv .venv
 
 PY_DEBIAN := /usr/bin/python3
-VENV := .venv
+# Downloads kept between runs (Debian roots, ifupdown2, apt's .debs) and the virtualenv;
+# both may live outside the checkout, so that a new clone reuses them (.ci/run does).
+export PVENAT_CACHE ?= $(CURDIR)/.cache
+VENV := $(or $(PVENAT_VENV),.venv)
 DEMO_PACKAGES := iptables iproute2 conntrack openssl procps dnsmasq-base python3 \
 	python3-proxmoxer python3-yaml python3-structlog python3-requests
 LAB_PACKAGES := python3-pytest python3-hypothesis busybox
@@ -58,7 +62,7 @@ test-lab: deps-lab
 
 deps-demo:
 	tests/apt-missing $(DEMO_PACKAGES)
-	tests/lab/private-ifupdown2 .cache/ifupdown2
+	tests/lab/private-ifupdown2 $(PVENAT_CACHE)/ifupdown2
 
 deps-lab: deps-demo
 	tests/apt-missing $(LAB_PACKAGES)

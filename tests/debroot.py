@@ -1,9 +1,9 @@
 """Debian roots of their own for the tests that must not touch this machine's packages:
 the package test (tests/package-test) and the fresh-machine test (tests/fresh-root).
 
-A root is made by mmdebstrap from a package list alone and kept in .cache/ as a tarball,
-named by that list; each run extracts it anew, so nothing a run did is ever carried into
-the next one.
+A root is made by mmdebstrap from a package list alone and kept in PVENAT_CACHE (.cache/)
+as a tarball, named by that list; each run extracts it anew, so nothing a run did is ever
+carried into the next one.
 """
 
 import hashlib
@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import tempfile
 
+from shared import CACHE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(REPO, ".cache")
 
 
 def sh(*argv, **kwargs):

@@ -4,6 +4,10 @@ token."""
 import os
 
 FAKEPVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepve")
+# What is downloaded once and kept (the Makefile's PVENAT_CACHE): Debian roots, the lab's
+# ifupdown2, apt's .debs for the fresh roots.
+CACHE = os.environ.get("PVENAT_CACHE") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache")
 TOKEN = "pvenat@pve!hook=5e1c3a0e-7d2b-4c8e-9f00-1a2b3c4d5e6f"
 
 

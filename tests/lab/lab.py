@@ -23,7 +23,7 @@ sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "fake
 import api  # noqa: E402
 import certs  # noqa: E402
 import pvenode  # noqa: E402
-from shared import FAKEPVE, TOKEN  # noqa: E402
+from shared import CACHE, FAKEPVE, TOKEN  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 NETPROBE = os.path.join(HERE, "netprobe.py")
@@ -38,7 +38,7 @@ DNS_ANSWER = "198.51.100.80"  # what the internet's DNS server says www.example.
 # Debian's ifupdown2 unpacked for the lab (tests/lab/private-ifupdown2): the machine's own
 # network tooling stays as it is. Where the package is installed (PVENAT_INSTALLED, in the
 # package test's own root) that root's ifupdown2 is used.
-IFUPDOWN2 = os.path.join(REPO, ".cache", "ifupdown2", "sbin")
+IFUPDOWN2 = os.path.join(CACHE, "ifupdown2", "sbin")
 # With PVENAT_INSTALLED=1 the lab runs the installed package (/usr/sbin/pvenat, the
 # hookscript under /usr/share/pvenat) on Debian's python3, not this work tree.
 INSTALLED = os.environ.get("PVENAT_INSTALLED") == "1"

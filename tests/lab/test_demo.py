@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from lab import REPO, sh
+from lab import IFUPDOWN2, REPO, sh
 
 
 def machine():
@@ -77,7 +77,7 @@ def test_a_kept_demo_tells_the_truth():
 def test_a_failing_step_stops_the_demo_with_one_line():
     """ifup failing in pvenat install: the demo says so in one line, with no traceback and
     no second error that follows from the first, and leaves nothing behind."""
-    ifup = os.path.join(REPO, ".cache", "ifupdown2", "sbin", "ifup")
+    ifup = os.path.join(IFUPDOWN2, "ifup")
     target = os.readlink(ifup)
     os.replace(ifup, ifup + ".real")
     with open(ifup, "w") as f:
