@@ -25,6 +25,11 @@ holds it (write_confs). What it models, from PVE's source:
   a start drops it (qmpct.py);
 - GET /storage/{id} gives content as a comma list and content-dirs as an object
   (pve-storage PVE/API2/Storage/Config.pm api_storage_config);
+- a hookscript set is checked as check_hookscript does: QEMU refuses a missing one with
+  a parameter error, "400 Parameter verification failed." and the reason on the next line
+  (update_vm's raise_param_exc, pve-common PVE/Exception.pm), LXC with the reason alone
+  (pve-container PVE/LXC/Config.pm update_pct_config); the script is looked for under
+  the fixture's runtime "root", the node's file system (/ by default);
 - only root@pam may set or delete a guest's hookscript: a token gets qemu-server's
   "only root can set 'hookscript' config" (500) or pve-container's permission error
   (403); GET and PUT /storage/{id} need Datastore.Allocate, which PVEAuditor lacks;
@@ -142,6 +147,33 @@ def write_confs(data):
             f.write(conf_text(g))
 
 
+class HookscriptError(Exception):
+    pass
+
+
+def check_hookscript(volid: str, storage: dict, root: str = "/") -> str:
+    """pve-guest-common GuestHelpers.pm check_hookscript: the script's path on its storage
+    (PVE::Storage::path: a dir storage's path, then its content-dirs folder for snippets,
+    by default snippets/: pve-storage PVE/Storage/Plugin.pm get_subdir), a file,
+    executable. ``root``: where the node's file system is (the fixture's runtime)."""
+    m = re.fullmatch(r"([\w.-]+):(.+)", volid)
+    if not m:
+        raise HookscriptError(f"unable to parse volume ID '{volid}'")
+    store, name = m.groups()
+    if store not in storage:
+        raise HookscriptError(f"storage '{store}' does not exist")
+    if not re.fullmatch(r"snippets/[^/]+", name):
+        raise HookscriptError(f"'{volid}' is not in the snippets directory")
+    folder = storage[store].get("content-dirs", {}).get("snippets", "snippets")
+    path = os.path.join(root, storage[store]["path"].lstrip("/"), folder,
+                        name[len("snippets/"):])
+    if not os.path.isfile(path):
+        raise HookscriptError(f"script '{volid}' does not exist")
+    if not os.access(path, os.X_OK):
+        raise HookscriptError(f"script '{volid}' is not executable")
+    return path
+
+
 def find(data, node, kind, vmid):
     for g in data["guests"]:
         if g["vmid"] == vmid and g["type"] == kind and g["node"] == node:
@@ -226,6 +258,16 @@ def handle(path, method="GET", params=None, user=ROOT):
             return _config(find(data, node, kind, vmid), params.get("current") == "1")
     if rest == "/config" and method == "PUT":
         deleted = [k for k in str(params.pop("delete", "")).split(",") if k]
+        if "hookscript" in params:  # update_vm checks parameters before permissions
+            with fixture(fixture_path) as data:
+                storage, root = data.get("storage", {}), data.get("runtime", {}).get("root", "/")
+            try:
+                check_hookscript(params["hookscript"], storage, root)
+            except HookscriptError as e:
+                if kind == "qemu":  # update_vm: raise_param_exc({hookscript => $@})
+                    raise ApiError(400, f"Parameter verification failed.\nhookscript: {e}") \
+                        from None
+                raise ApiError(500, str(e)) from None  # LXC/Config.pm: a plain die
         if user != ROOT and ("hookscript" in params or "hookscript" in deleted):
             if kind == "qemu":  # qemu-server PVE/API2/Qemu.pm check_vm_modify_config_perm
                 raise ApiError(500, "only root can set 'hookscript' config")

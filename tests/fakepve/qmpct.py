@@ -152,26 +152,11 @@ def set_config(prog, kind, node, vmid, params):
 
 
 def check_hookscript(volid: str, storage: dict, root: str = "/") -> str:
-    """pve-guest-common GuestHelpers.pm check_hookscript: the script's path on its storage
-    (PVE::Storage::path: a dir storage's path, then its content-dirs folder for snippets,
-    by default snippets/: pve-storage PVE/Storage/Plugin.pm get_subdir), a file,
-    executable. ``root``: where the node's file system is."""
-    m = re.fullmatch(r"([\w.-]+):(.+)", volid)
-    if not m:
-        raise Failed(f"unable to parse volume ID '{volid}'")
-    store, name = m.groups()
-    if store not in storage:
-        raise Failed(f"storage '{store}' does not exist")
-    if not name.startswith("snippets/"):
-        raise Failed(f"'{volid}' is not in the snippets directory")
-    folder = storage[store].get("content-dirs", {}).get("snippets", "snippets")
-    path = os.path.join(root, storage[store]["path"].lstrip("/"), folder,
-                        name[len("snippets/"):])
-    if not os.path.isfile(path):
-        raise Failed(f"script '{volid}' does not exist")
-    if not os.access(path, os.X_OK):
-        raise Failed(f"script '{volid}' is not executable")
-    return path
+    """api.check_hookscript, failing as the CLI reports it."""
+    try:
+        return api.check_hookscript(volid, storage, root)
+    except api.HookscriptError as e:
+        raise Failed(str(e)) from None
 
 
 class config_lock:

@@ -35,7 +35,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             data = api.handle(url.path[len("/api2/json"):], method, params, user)
         except api.ApiError as e:
-            return self._send(e.status, e.message, {"data": None})
+            # pve-http-server: the message's first line is the status line's reason; a
+            # parameter exception's reasons ("key: reason", the lines after it) go into
+            # the body's "errors"
+            first, *rest = e.message.split("\n")
+            errors = dict(line.split(": ", 1) for line in rest if ": " in line)
+            return self._send(e.status, first, {"data": None,
+                                                **({"errors": errors} if errors else {})})
         if isinstance(data, str):
             return self._send(200, "OK", data)
         return self._send(200, "OK", {"data": data})

@@ -359,7 +359,9 @@ class Lab:
 
     def write_fixture(self, fault=None):
         kept = {"storage": {"local": {"content": "iso,vztmpl,backup", "type": "dir",
-                                      "path": "/var/lib/vz"}}}
+                                      "path": "/var/lib/vz"}},
+                "runtime": {"root": self.node_root(),
+                            "lock_dir": os.path.join(self.dir, "lock")}}
         if os.path.exists(self.fixture):  # keep what PUTs and pveum changed
             with open(self.fixture) as f:
                 kept = {k: v for k, v in json.load(f).items() if k not in ("guests", "fault")}
@@ -374,6 +376,18 @@ class Lab:
         with open(self.fixture, "w") as f:
             json.dump(data, f)
         api.write_confs(data)
+
+    def node_root(self) -> str:
+        """The node's file system as the fake PVE sees it: storage local's snippets hold
+        pvenat's hookscript, as pvenat install leaves them (PVE refuses to set a hookscript
+        that is not there: tests/fakepve/api.py)."""
+        root = os.path.join(self.dir, "node")
+        snippet = os.path.join(root, "var/lib/vz/snippets/pvenat.py")
+        if not os.path.exists(snippet):
+            os.makedirs(os.path.dirname(snippet))
+            shutil.copy(os.path.join(REPO, "hookscripts", "pvenat.py"), snippet)
+            os.chmod(snippet, 0o755)
+        return root
 
     def fixture_config(self, vmid):
         """The guest's config as the fake API holds it now (after PUTs)."""

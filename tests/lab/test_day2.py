@@ -200,6 +200,53 @@ def test_sync_and_list_start_no_pvesh(lab):
     lab.set_config(103, description="")
 
 
+def node(lab, *argv):
+    """A command on the node, as root in a shell there: the fake qm, pct and pvesh."""
+    return subprocess.run(["ip", "netns", "exec", lab.host, "env", "-i",
+                           *[f"{k}={v}" for k, v in lab.env().items()], *argv],
+                          capture_output=True, text=True, cwd="/")
+
+
+def test_a_running_vm_keeps_the_address_its_cloud_init_drive_has(lab):
+    """ipconfig0 changed while the VM runs goes into its config at once, but the guest
+    keeps the address its cloud-init drive has until its next start, which PVE records in
+    [special:cloudinit] (qemu-server vmconfig_hotplug_pending, cloudinit_record_changed):
+    forwards and lease stay with that address; the start brings the new one."""
+    settle(lab)
+    conf = os.path.join(lab.etc_pve, "nodes/pve1/qemu-server/101.conf")
+    original = dict(lab.guests[101]["config"])
+    try:
+        lab.set_config(101, ide2="local-lvm:vm-101-cloudinit,media=cdrom")
+        assert node(lab, "qm", "set", "101", "--ipconfig0",
+                    "ip=172.22.161.180/24,gw=172.22.161.254").returncode == 0
+        assert "\n[special:cloudinit]\nipconfig0: ip=172.22.161.170/24,gw=172.22.161.254\n" \
+            in open(conf).read()
+        assert run(lab, "sync") == "pvenat sync: nothing to change (3 guests forwarded)\n"
+        assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == f"g101 {PEER_IP}"
+        assert json.loads(run(lab, "list", "--json"))[0]["address"] == "172.22.161.170"
+        with open(os.path.join(lab.state, "dhcp-hosts")) as f:
+            assert "BC:24:11:00:00:01,172.22.161.170," in f.read()
+
+        # its next start: PVE makes the drive anew (the section goes) before pre-start
+        assert lab.hook(101, "post-stop").returncode == 0
+        with open(lab.fixture) as f:
+            data = json.load(f)
+        next(g for g in data["guests"] if g["vmid"] == 101)["status"] = "stopped"
+        with open(lab.fixture, "w") as f:
+            json.dump(data, f)
+        started = node(lab, "qm", "start", "101")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "[special:cloudinit]" not in open(conf).read()
+        assert "pvenat: 101 -> 172.22.161.180 via" in started.stdout
+        assert "-j DNAT --to-destination 172.22.161.180:22" in lab.iptables_save("-t", "nat")
+    finally:
+        lab.guests[101]["config"] = original
+        lab.guests[101].pop("cloudinit", None)
+        lab.write_fixture()
+        run(lab, "sync")
+    assert lab.probe(lab.inet, "tcp", PUBLIC_IP, 12223) == f"g101 {PEER_IP}"
+
+
 def test_list(lab):
     settle(lab)
     lab.iptables("-t", "nat", "-Z")

@@ -52,6 +52,11 @@ def install_lab(tmp_path, **options):
         pytest.fail(f"no {IFUPDOWN2}: run make deps (tests/lab/private-ifupdown2)")
     lab = Lab(guests(), lan_bridge=False, **options)
     lab.root = pve_root(str(tmp_path / "root"))
+    with open(lab.fixture) as f:  # the node's file system, for the fake PVE, is the root
+        data = json.load(f)
+    data["runtime"] = dict(data.get("runtime", {}), root=lab.root)
+    with open(lab.fixture, "w") as f:
+        json.dump(data, f)
     lab.sysctl(lab.host, "net.ipv4.ip_forward", 0)
     # someone else's rules, which must come through byte for byte
     lab.iptables("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j",
@@ -288,3 +293,70 @@ def test_token_for_the_https_backend(https_lab):
         fixture = json.load(f)
     assert fixture["tokens"] == {} and fixture["users"] == {}
     assert not os.path.exists(token_file)
+
+
+def test_uninstall_keeps_what_guests_of_the_cluster_still_need(lab):
+    """A two-node cluster: guest 201 on pve2 and a snapshot of guest 102 here name the
+    hookscript and have a NIC on vmbr1. PVE refuses to start a guest whose hookscript is
+    missing (pve-guest-common GuestHelpers.pm check_hookscript: at an HA recovery or a
+    migration to this node, after a rollback) and one whose bridge is missing (pve-common
+    Network.pm read_bridge_mtu): uninstall keeps both, and says which guests; once none
+    is left, it removes them."""
+    run(lab, "install")
+    snippet = os.path.join(lab.root, "var/lib/vz/snippets/pvenat.py")
+    off_the_bridge(lab)
+    lab.guests[201] = {"kind": "qemu", "node": "pve2", "config": {
+        "hookscript": "local:snippets/pvenat.py", "net0": "virtio=BC:24:11:00:02:01,bridge=vmbr1"}}
+    lab.guests[102] = {"kind": "lxc", "config": {"net0": "name=eth0,bridge=vmbr0"},
+                       "snapshots": {"s1": {"hookscript": "local:snippets/pvenat.py",
+                                            "net0": "name=eth0,bridge=vmbr1"}}}
+    lab.write_fixture()
+    out = run(lab, "uninstall", rc=1)
+    assert "pvenat: kept vmbr1: guests 102 (snapshot s1), 201 (on pve2) have a NIC on it" in out
+    assert f"pvenat: kept the hookscript {snippet}: guests 102 (snapshot s1), 201 (on pve2) " \
+        "still name it" in out
+    assert os.path.exists(snippet) and link(lab, "vmbr1") is not None
+    del lab.guests[201], lab.guests[102]["snapshots"]
+    lab.write_fixture()
+    out = run(lab, "uninstall")
+    assert f"remove the hookscript ({snippet})" in out and "remove bridge vmbr1" in out
+    assert not os.path.exists(snippet) and link(lab, "vmbr1") is None
+    assert not os.path.exists(os.path.join(lab.root, "etc/pvenat/installed.json"))
+
+
+def test_uninstall_keeps_both_while_the_cluster_filesystem_shows_nothing(lab):
+    """pve-cluster down: /etc/pve is an empty folder, and a guest not found there may well
+    exist: absence of evidence keeps the snippet and the bridge."""
+    run(lab, "install")
+    off_the_bridge(lab)
+    shutil.rmtree(os.path.join(lab.etc_pve, "nodes"))
+    out = run(lab, "uninstall", rc=1)
+    assert f"pvenat: kept vmbr1: the cluster filesystem ({lab.etc_pve}) shows no node" in out
+    assert "pvenat: kept the hookscript" in out
+    assert os.path.exists(os.path.join(lab.root, "var/lib/vz/snippets/pvenat.py"))
+    lab.write_fixture()  # pmxcfs back
+    run(lab, "uninstall")
+    assert not os.path.exists(os.path.join(lab.root, "var/lib/vz/snippets/pvenat.py"))
+
+
+def test_the_snippet_goes_where_storage_local_keeps_snippets(lab):
+    """Storage local's content-dirs may move its snippets folder (pve-storage
+    PVE/Storage/Plugin.pm get_subdir): the snippet goes there, PVE finds it, status and
+    uninstall look there."""
+    with open(lab.fixture) as f:
+        data = json.load(f)
+    data["storage"]["local"]["content-dirs"] = {"snippets": "hooks"}
+    with open(lab.fixture, "w") as f:
+        json.dump(data, f)
+    out = run(lab, "install")
+    snippet = os.path.join(lab.root, "var/lib/vz/hooks/pvenat.py")
+    assert f"install the hookscript as {snippet}" in out and os.access(snippet, os.X_OK)
+    assert not os.path.exists(os.path.join(lab.root, "var/lib/vz/snippets"))
+    result = lab.pvenat("attach", "101")  # PVE checks that the script is there
+    assert result.returncode == 0, result.stderr
+    assert f"ok   hookscript: {snippet}" in lab.pvenat("status", "--root", lab.root).stdout
+    with open(os.path.join(lab.root, "etc/pvenat/installed.json")) as f:
+        assert json.load(f)["snippet"] == "/var/lib/vz/hooks/pvenat.py"
+    off_the_bridge(lab)
+    run(lab, "uninstall")
+    assert not os.path.exists(snippet)

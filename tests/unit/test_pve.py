@@ -20,7 +20,15 @@ GUESTS = [
 
 
 def write(fixture, fault=None):
-    fixture.write_text(json.dumps({"guests": GUESTS, "fault": fault}))
+    """The fixture, and the node's file system beside it with storage local's snippet
+    x.py (PVE refuses to set a hookscript that is not there)."""
+    root = fixture.parent / "node"
+    (root / "var/lib/vz/snippets").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/vz/snippets/x.py").write_text("#!/bin/sh\n")
+    (root / "var/lib/vz/snippets/x.py").chmod(0o755)
+    fixture.write_text(json.dumps({
+        "guests": GUESTS, "fault": fault, "runtime": {"root": str(root)},
+        "storage": {"local": {"type": "dir", "path": "/var/lib/vz", "content": "snippets"}}}))
 
 
 BACKENDS = ["https", "local"]
@@ -79,7 +87,26 @@ def test_a_token_may_not_set_a_hookscript_and_says_why(fake_api, tmp_path):
     for vmid, message in ((101, "only root can set 'hookscript' config"),
                           (102, "changing the hookscript is only allowed for root@pam")):
         with pytest.raises(PvenatError, match=message):
-            client.set_config("pve1", client.guest("pve1", vmid), hookscript="local:x")
+            client.set_config("pve1", client.guest("pve1", vmid),
+                              hookscript="local:snippets/x.py")
+
+
+def test_pves_reason_is_kept(tmp_path, monkeypatch):
+    """PVE::Exception puts the summary on the first line and the reason after it
+    (pve-common PVE/Exception.pm): "400 Parameter verification failed." then
+    "hookscript: script '...' does not exist" (qemu-server update_vm); pvesh prints both.
+    (Every change pvenat makes goes through pvesh. Over HTTPS the reason is in the
+    body's errors, which proxmoxer 2.x reports and 1.2 drops.)"""
+    fixture = tmp_path / "pve.json"
+    write(fixture)
+    monkeypatch.setenv("PVENAT_FAKE_PVE", str(fixture))
+    monkeypatch.setenv("PATH", f"{FAKEPVE}:{os.environ['PATH']}")
+    client = PveApi(PveSettings(backend="local", node="pve1", timeout=2))
+    with pytest.raises(PvenatError) as e:
+        client.set_config("pve1", client.guest("pve1", 101),
+                          hookscript="local:snippets/missing.py")
+    assert "400 Parameter verification failed. / hookscript: script " \
+        "'local:snippets/missing.py' does not exist" in e.value.message
 
 
 def test_reads_qemu_and_lxc_configs(api):
