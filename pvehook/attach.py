@@ -156,7 +156,7 @@ def _notes_error(guest) -> PvenatError | None:
 
 def used_addresses(ctx) -> dict[str, int]:
     """Every address on the lan subnet that a guest of the cluster has: address -> VMID."""
-    return dhcp.cluster_addresses(ctx.host, ctx.places)
+    return dhcp.cluster_addresses(ctx.host, ctx.pve)
 
 
 def first_free(host, used) -> str:

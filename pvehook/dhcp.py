@@ -21,7 +21,6 @@ import socket
 import struct
 
 from . import files, leases
-from .errors import PvenatError
 from .leases import Lease, Reserved
 
 HOSTS = "dhcp-hosts"
@@ -193,19 +192,20 @@ def prune(host, places) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def cluster_addresses(host, places) -> dict[str, int]:
-    """Every address on the lan subnet that a guest of the cluster has: address -> VMID.
-    From every node's .conf files, whatever config_source says: one pvesh per guest of
-    the cluster would take minutes."""
-    from .pveconf import ConfigFiles
+def cluster_addresses(host, pve) -> dict[str, int]:
+    """Every address on the lan subnet that a guest of the cluster has or gets at its next
+    start: address -> VMID. From every node's .conf files (pve.Pve.cluster), whatever
+    config_source says: one pvesh per guest of the cluster would take minutes. A running
+    VM whose ipconfigN changed has the address its cloud-init drive holds
+    ([special:cloudinit]) and gets the new one when it starts: both are its."""
+    from .pve import Guest
+    from .pveconf import CLOUDINIT, as_the_guest_has_it
     out = {}
-    configs = ConfigFiles(host.pve.config_dir, places.sysfs)
-    for node, info in configs.cluster():
-        try:
-            guest = configs.guest(node, info.vmid, info.kind)
-        except PvenatError:
-            continue
-        ip = leases.address_in_config(guest, host)
-        if ip:
-            out.setdefault(ip, info.vmid)
+    for gf in pve.cluster():
+        current = gf.sections.get("", {})
+        for config in (as_the_guest_has_it(gf.kind, current, gf.sections.get(CLOUDINIT, {})),
+                       current):
+            ip = leases.address_in_config(Guest(gf.vmid, gf.kind, config), host)
+            if ip:
+                out.setdefault(ip, gf.vmid)
     return out

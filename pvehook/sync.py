@@ -252,7 +252,7 @@ def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
             continue
         taken.add(by_vmid[vmid])
         kept += by_vmid[vmid]
-    reserved = leases.reservations(dhcp.cluster_addresses(ctx.host, ctx.places), kept,
+    reserved = leases.reservations(dhcp.cluster_addresses(ctx.host, ctx.pve), kept,
                                    ctx.host) if ctx.host.dhcp_range else []
     if sorted(kept) != sorted(held) or sorted(reserved) != sorted(dhcp.read_reserved(
             ctx.places)):

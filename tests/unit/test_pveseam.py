@@ -240,3 +240,17 @@ def test_status_finds_guests_without_an_address_by_code(tmp_path):
     assert status._guests(ctx, "", "/")[1] == (
         "managed guests without an address", False, "104 (add 'ip:' to their pvenat block)")
     assert os.path.exists(tmp_path / "nodes/pve1/qemu-server/104.conf")
+
+
+def test_an_address_a_running_vm_has_or_gets_at_its_next_start_is_taken(tmp_path):
+    """attach picks among the addresses no guest of the cluster has: a VM on pve2 whose
+    ipconfig0 changed while it ran has .170 (its drive) and gets .180 (its config), so
+    neither is free."""
+    from pvehook.context import Context, Places
+    conf(tmp_path, "pve2", "qemu", 101, RUNNING_VM.replace("172.22.161.170", "172.22.161.1")
+         .replace("172.22.161.180", "172.22.161.2"))
+    host = HostConfig()._replace(pve=PveSettings(node="pve1", config_dir=str(tmp_path)))
+    ctx = Context(host, Pve(host.pve), None, Places())
+    used = attach.used_addresses(ctx)
+    assert used == {"172.22.161.1": 101, "172.22.161.2": 101}
+    assert attach.first_free(host, used) == "172.22.161.3"
