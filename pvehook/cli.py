@@ -122,7 +122,7 @@ def cmd_sync(args, ctx) -> int:
         print(line)
     if args.dry_run and result.script:
         print(result.script, end="")
-    return 1 if result.problems else 0
+    return 1 if result.problems or result.dhcp_problem else 0
 
 
 def cmd_list(args, ctx) -> int:

@@ -16,11 +16,13 @@ from a database without them (prune()).
 
 import ipaddress
 import os
+import re
 import signal
 import socket
 import struct
 
 from . import files, leases
+from .errors import PvenatError
 from .leases import Lease, Reserved
 
 HOSTS = "dhcp-hosts"
@@ -114,16 +116,15 @@ def lease_database(places) -> list[tuple[str, str]]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
-    return [_pair(line) for line in lines if _pair(line)]
+    return [pair for pair in map(_pair, lines) if pair]
+
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def _pair(line: str):
     fields = line.split()
-    if len(fields) >= 3 and len(fields[1]) == 17 and fields[1].count(":") == 5:
-        try:
-            ipaddress.IPv4Address(fields[2])
-        except ValueError:
-            return None
+    if len(fields) >= 3 and _MAC.fullmatch(fields[1]) and fields[2].count(".") == 3:
         return fields[1].upper(), fields[2]
     return None
 
@@ -144,7 +145,14 @@ def settle(host, places, dry_run: bool = False) -> list[tuple[str, str]]:
         return []
     pairs = stale(host, places)
     if pairs and not dry_run:
-        release(host, pairs)
+        try:
+            release(host, pairs)
+        except OSError as e:
+            raise PvenatError("dhcp", "cannot tell the DHCP server to drop the stale leases "
+                              f"of {', '.join(f'{mac} ({ip})' for mac, ip in pairs)} on "
+                              f"{host.lan_bridge}: {e.strerror or e}; their addresses stay "
+                              "taken until those leases expire (12 h) or pvenat-dhcp "
+                              "restarts") from None
     return pairs
 
 

@@ -187,8 +187,12 @@ def pre_start(ctx, vmid):
         if mine:
             dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)
             # the old lease of a MAC or an address that changed: the guest gets its
-            # address at once, not in 12 h
-            released = dhcp.settle(ctx.host, ctx.places)
+            # address at once, not in 12 h. Not a reason to refuse the start: the guest
+            # gets its address once the old lease expires.
+            try:
+                released = dhcp.settle(ctx.host, ctx.places)
+            except PvenatError as e:
+                log.warning("dhcp.release_failed", vmid=vmid, error=e.message)
     log.info("guest.started", vmid=vmid, address=mine[0].ip if mine else plan.address,
              changed=bool(script), leases=[lease.mac for lease in mine],
              released=[f"{mac} {ip}" for mac, ip in released],

@@ -36,12 +36,15 @@ class SyncResult:
         self.leases = None  # the DHCP leases after the sync, when they changed
         self.reserved = []  # and the addresses reserved in dhcp_range then
         self.released = []  # (MAC, address) of stale leases the DHCP server was told to drop
+        self.dhcp_problem = ""  # why it could not be told
 
     def lines(self, node: str, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""
         out = []
         for vmid, message in sorted(self.problems.items()):
             out.append(f"pvenat sync: guest {vmid} left as it was: {message}")
+        if self.dhcp_problem:
+            out.append(f"pvenat sync: {self.dhcp_problem}")
         changes = [f"{what} {', '.join(map(str, vmids))}" for what, vmids in (
             (f"{would}added", self.added), (f"{would}updated", self.updated),
             (f"{would}removed (not running on {node})", self.removed)) if vmids]
@@ -259,7 +262,10 @@ def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
         result.leases, result.reserved = kept, reserved
         if not dry_run:
             dhcp.write(ctx.places, kept, reserved)
-    result.released = dhcp.settle(ctx.host, ctx.places, dry_run)
+    try:
+        result.released = dhcp.settle(ctx.host, ctx.places, dry_run)
+    except PvenatError as e:
+        result.dhcp_problem = e.message
 
 
 def sync(ctx, dry_run: bool = False) -> SyncResult:
@@ -270,9 +276,10 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
         result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
                                               dry_run)
     if result.script or result.problems or result.hairpin or result.leases is not None \
-            or result.released:
+            or result.released or result.dhcp_problem:
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),
                  changed=bool(result.script),
-                 released=[f"{mac} {ip}" for mac, ip in result.released])
+                 released=[f"{mac} {ip}" for mac, ip in result.released],
+                 dhcp_problem=result.dhcp_problem or None)
     return result

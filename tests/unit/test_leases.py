@@ -169,3 +169,22 @@ def test_the_lease_database_is_pruned_of_stale_leases_before_the_server_starts(t
     assert (tmp_path / dhcp.LEASE_DB).read_text() == lines[1] + lines[2]
     assert dhcp.prune(HOST, places) == []
     assert dhcp.settle(HOST, places) == []  # no server running: nothing to tell
+
+
+def test_a_release_that_cannot_be_sent_is_an_error_that_names_the_leases(tmp_path):
+    places = Places(state_dir=str(tmp_path / "state"), proc=str(tmp_path / "proc"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "proc/4242").mkdir(parents=True)
+    (tmp_path / "proc/4242/comm").write_text("dnsmasq\n")  # the server runs
+    (tmp_path / "state" / dhcp.PID).write_text("4242\n")
+    (tmp_path / "state" / dhcp.HOSTS).write_text(
+        leases.render([L101._replace(mac="BC:24:11:00:00:99")]))
+    (tmp_path / "state" / dhcp.LEASE_DB).write_text(
+        "1796562951 bc:24:11:00:00:01 172.22.161.170 web *\n")
+    host = HOST._replace(lan_bridge="pvenat-none0")  # no such bridge
+    assert dhcp.settle(host, places, dry_run=True) == [("BC:24:11:00:00:01", "172.22.161.170")]
+    with pytest.raises(PvenatError) as e:
+        dhcp.settle(host, places)
+    assert e.value.code == "dhcp"
+    assert e.value.message.startswith("cannot tell the DHCP server to drop the stale leases "
+                                      "of BC:24:11:00:00:01 (172.22.161.170) on pvenat-none0: ")
