@@ -137,9 +137,10 @@ def cmd_check(args, ctx) -> int:
     the plan and the rules it would apply. Notes from a file are checked before the guest
     has an address, and off a PVE node against the host config alone: what needs the
     node is named as not checked."""
-    from . import hostnet, ruleset
+    from . import hostnet
     from .plan import plan_for, summary
     from .pve import Guest
+    from .rules import Public
     host, vmid = ctx.host, args.vmid
     if vmid is None and args.notes is None:
         raise PvenatError("usage", "check what? give a VMID, or --notes FILE (see pvenat "
@@ -193,16 +194,14 @@ def cmd_check(args, ctx) -> int:
     except PvenatError:
         if on_node:
             raise
-        public = ruleset.Public(f"{host.wan_bridge}'s address")
+        public = Public(f"{host.wan_bridge}'s address")
     print(summary(plan, public.ip, who))
     if plan.address is not None and known and not blind:  # what a start would change
-        current = ctx.kernel.read()
-        script = ruleset.restore_script(current,
-                                        hook.start_change(ctx, plan, public)(current)[0])
+        script = ctx.rules.preview(plan, public).text
         print(script, end="" if script else "rules: all in place\n")
     elif plan.address is not None:
         print("rules of its chain:")
-        print("\n".join(ruleset.guest_rules(plan)))
+        print("\n".join(ctx.rules.rule_text(plan)))
     for what in unchecked:
         print(f"not checked: {what}")
     return 0

@@ -46,15 +46,21 @@ class Context:
     def __init__(self, host, pve, kernel, places: Places = Places()):
         self.host = host
         self.pve = pve  # PVE: configs read, changes written, this node's facts (pve.Pve)
-        self.kernel = kernel  # read() / apply() / has_chain(): netfilter.Iptables
+        self.kernel = kernel  # the rules backend's own kernel access; None: the real one
         self.places = places
+
+    @property
+    def rules(self):
+        """The kernel's rules (rules.Backend), as configured; made when asked, for the
+        host and places the context has then."""
+        from .rules import backend
+
+        return backend(self.host, self.places, self.kernel)
 
 
 def context(host, places: Places) -> Context:
     """The live host's parts. Imported lazily: a hook pays only for what it uses (pve.Pve
     makes its backends when first asked)."""
-    from .netfilter import Iptables
     from .pve import Pve
 
-    return Context(host, Pve(host.pve, sysfs=places.sysfs, proc=places.proc), Iptables(),
-                   places)
+    return Context(host, Pve(host.pve, sysfs=places.sysfs, proc=places.proc), None, places)

@@ -1,7 +1,9 @@
 """Writing files so that a crash leaves the old content or the new, never half of it."""
 
+import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 
 
 def write_atomic(path: str, text: str, backup: bool = False):
@@ -19,3 +21,16 @@ def write_atomic(path: str, text: str, backup: bool = False):
     if exists:
         shutil.copymode(path, tmp)
     os.replace(tmp, path)
+
+
+@contextmanager
+def locked(path: str):
+    """Serialise pvenat's own read-diff-apply cycles, of the rules and the DHCP leases
+    alike (path: Places.lock_path)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -10,10 +10,10 @@ post-stop   remove the guest's rules and its tracked connections; never fails th
 
 import sys
 
-from . import config, dhcp, hostnet, index, leases, logs, netfilter, ruleset
+from . import config, dhcp, files, hostnet, leases, logs
 from .context import Places, context
 from .errors import PvenatError
-from .plan import Held, plan_for, summary
+from .plan import plan_for, summary
 
 log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
@@ -69,23 +69,6 @@ def load_plan(ctx, vmid):
     return plan_for(load_guest(ctx, vmid), ctx.host)
 
 
-def running_here(current) -> Held:
-    """What the guests running on this node hold, as the kernel's tables record it."""
-    return Held(ruleset.held_claims(current), ruleset.guest_addresses(current))
-
-
-def start_change(ctx, plan, public):
-    """The change a start makes, for netfilter.update: refused when another guest holds
-    the ports or the address."""
-    def change(current):
-        held = running_here(current)
-        held.check(plan)
-        wanted = ruleset.with_guest(current, ctx.host, public, plan.vmid, plan,
-                                    held.all_claims())
-        return wanted, wanted
-    return change
-
-
 def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
     """What a start of the guest would refuse beyond its own plan (plan_for's; None when
     pvenat does not manage it), found by pre-start's own checks with nothing changed:
@@ -102,7 +85,7 @@ def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
     if mine:
         checks.append(lambda: leases.Holders(dhcp.read(ctx.places)).check(mine))
     if forwards:
-        checks.append(lambda: running_here(ctx.kernel.read()).check(plan, who))
+        checks.append(lambda: ctx.rules.held().check(plan, who))
     out = []
     for check in checks:
         try:
@@ -110,64 +93,6 @@ def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
         except PvenatError as e:
             out.append(e)
     return out
-
-
-def stop_change(ctx, vmid):
-    def change(current):
-        wanted = ruleset.with_guest(current, ctx.host, None, vmid, None)
-        return wanted, wanted
-    return change
-
-
-def change_guest(ctx, vmid, plan, public) -> str:
-    """Apply one guest's start (plan) or stop (None); returns the script applied.
-
-    Built on pvenat's index when there is one for this public address; when there is
-    none, or the kernel refuses a change built on it, from the kernel. The caller holds
-    the lock.
-    """
-    known = index.load(ctx.places.state_dir)
-    if known is not None and (plan is None or known.public == public):
-        try:
-            return _change_from_index(ctx, known, vmid, plan, public)
-        except netfilter.KernelRefused as e:
-            log.warning("index.stale", vmid=vmid, error=e.stderr)
-    return _change_from_kernel(ctx, vmid, plan, public)
-
-
-def _change_from_index(ctx, known, vmid, plan, public) -> str:
-    """The change computed from the index alone, without reading the kernel: the touched
-    chains are always rewritten whole (index.Index.tables)."""
-    state = ctx.places.state_dir
-    if plan is not None:
-        Held(known.claims, known.addresses).check(plan)
-    old = [c for c in known.claims if c.vmid == vmid]
-    new = [] if plan is None else plan.claims()
-    if not old and not new:
-        return ""
-    current = known.tables(ctx.host, vmid, old + new)
-    script = ruleset.restore_script(current, ruleset.with_guest(
-        current, ctx.host, known.public, vmid, plan, known.claims))
-    after = known.without(vmid) if plan is None else known.with_plan(plan, public)
-    recorded = None
-    if plan is not None:  # claims are recorded before they exist, and kept until gone
-        recorded = index.Index(public, sorted(set(known.claims + after.claims)),
-                               {**known.addresses, **after.addresses})
-        index.save(state, recorded)
-    if script:
-        ctx.kernel.apply(script)
-    if recorded != after._replace(claims=sorted(after.claims)):  # else saved already
-        index.save(state, after)
-    return script
-
-
-def _change_from_kernel(ctx, vmid, plan, public) -> str:
-    state = ctx.places.state_dir
-    change = stop_change(ctx, vmid) if plan is None else start_change(ctx, plan, public)
-    index.drop(state)  # while the kernel changes under a recorded index, trust neither
-    script, wanted = netfilter.update(ctx.kernel, change)
-    index.save(state, index.from_tables(wanted, public))
-    return script
 
 
 def pre_start(ctx, vmid):
@@ -179,10 +104,11 @@ def pre_start(ctx, vmid):
         return ""
     forwards = plan is not None and bool(plan.forwards)
     public = hostnet.public(ctx.host) if forwards else None
-    with netfilter.locked(ctx.places.lock_path):
+    with files.locked(ctx.places.lock_path):
         held = dhcp.read(ctx.places) if mine else []
         leases.Holders(held).check(mine)
-        script = change_guest(ctx, vmid, plan if forwards else None, public)
+        rules = ctx.rules
+        script = (rules.start(plan, public) if forwards else rules.stop(vmid)).text
         released = []
         if mine:
             dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)
@@ -216,19 +142,15 @@ def post_start(ctx, vmid):
 def post_stop(ctx, vmid):
     """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
     try:
-        known = index.load(ctx.places.state_dir)
-        if known is None:
-            if not ctx.kernel.has_chain("nat", ruleset.guest_chain(vmid)):
-                return ""
-            addresses = ruleset.guest_addresses(ctx.kernel.read())
-        else:
-            addresses = known.addresses
-        with netfilter.locked(ctx.places.lock_path):
-            script = change_guest(ctx, vmid, None, None)
-        address = next((a for a, v in addresses.items() if v == vmid), None)
-        if script and address:
+        rules = ctx.rules
+        had = rules.guest(vmid)
+        if had is None:
+            return ""
+        with files.locked(ctx.places.lock_path):
+            script = rules.stop(vmid).text
+        if script and had.address:
             try:
-                ctx.kernel.forget_connections(hostnet.public(ctx.host).ip, address)
+                rules.forget(hostnet.public(ctx.host), had.address)
             except PvenatError:
                 pass  # the rules are gone; its tracked flows expire on their own
     except (PvenatError, OSError) as e:

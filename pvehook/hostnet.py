@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from .errors import PvenatError
-from .ruleset import Public
+from .rules import Public
 
 
 def public(host) -> Public:

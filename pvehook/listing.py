@@ -1,7 +1,7 @@
 """pvenat list: every managed guest's forwards and DHCP lease, and whether the kernel and
 the DHCP server have them."""
 
-from . import dhcp, leases, ruleset
+from . import dhcp, leases
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .plan import plan_for
@@ -20,14 +20,12 @@ def collect(ctx) -> list[dict]:
     listed as "stale" (``pvenat sync`` fixes both). A lease is "yes" when the DHCP
     server's hosts file has it.
     """
-    current = ctx.kernel.read()
-    counters = ctx.kernel.counters()
+    rules = ctx.rules.live()
     here = ctx.pve.running()  # the API's status lags (pvestatd)
     held = set(dhcp.read(ctx.places))
     out = []
     for info in ctx.pve.guests():
-        chain = ruleset.guest_chain(info.vmid)
-        live = current["nat"].chains.get(chain)
+        live = rules.has(info.vmid)
         status = "running" if info.vmid in here else "stopped"
         entry = {"vmid": info.vmid, "name": info.name, "type": info.kind,
                  "status": status, "address": None, "mac": None, "lease": None,
@@ -39,7 +37,7 @@ def collect(ctx) -> list[dict]:
             plan = plan_for(guest, ctx.host)
             mine = leases.leases_for(guest, plan, ctx.host) \
                 if guest.config.get("hookscript") == HOOKSCRIPT else []
-            if plan is None and live is None and not mine:
+            if plan is None and not live and not mine:
                 continue
             if mine:
                 entry["address"] = mine[0].ip
@@ -48,22 +46,17 @@ def collect(ctx) -> list[dict]:
         except PvenatError as e:
             entry["error"] = e.message
             plan = None
-        planned = set()
+        kernel = rules.guest(info.vmid, plan)
         if plan:
             entry["address"] = plan.address
-            for f in plan.forwards:
-                rules = ruleset.forward_rules(plan.address, f)
-                planned.update(rules)
-                state = "yes" if live and all(r in live for r in rules) else (
-                    "missing" if status == "running" else "-")
+            for f, has in zip(plan.forwards, kernel.forwards):
+                state = "yes" if has.live else ("missing" if status == "running" else "-")
                 entry["forwards"].append({
                     "forward": f.ports(), "proto": f.proto, "allow": f.sources(), "live": state,
-                    "packets": sum(counters.get((chain, r), 0) for r in rules)})
-        for rule in live or ():
-            if rule not in planned:
-                entry["forwards"].append({"forward": rule, "proto": "",
-                                          "allow": [], "live": "stale",
-                                          "packets": counters.get((chain, rule), 0)})
+                    "packets": has.packets})
+        for text, packets in kernel.stale:
+            entry["forwards"].append({"forward": text, "proto": "", "allow": [],
+                                      "live": "stale", "packets": packets})
         out.append(entry)
     return out
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 
-from . import __version__, dhcp, hostnet, ruleset
+from . import __version__, dhcp, hostnet
 from .context import HOOKSCRIPT, SNIPPET, snippet, units
 from .errors import PvenatError
 from .plan import plan_for
@@ -70,7 +70,7 @@ def _forwarding(ctx, config_path, root):
 def _rules(ctx, config_path, root):
     """The base rules, the NAT boundary and (with DHCP on) the guests' DHCP and DNS to
     the host included; jumps that must be first are checked to be first."""
-    missing = ruleset.base_missing(ctx.kernel.read(), ctx.host, hostnet.public(ctx.host))
+    missing = ctx.rules.base_missing(hostnet.public(ctx.host))
     return [("rules", not missing, "SNAT, hairpin and jumps in place" if not missing else
              f"base rules missing or changed ({', '.join(missing)}); run 'pvenat sync' "
              "(or 'pvenat install')")]

@@ -10,15 +10,14 @@ pvenat's lock: decide which guests are in, render, write the difference), ports 
 bridge ports, as post-start sets them up).
 """
 
-import hashlib
 import json
 import os
 
-from . import __version__, dhcp, files, hostnet, index, leases, logs, netfilter, plancache
-from . import ruleset
+from . import __version__, dhcp, files, hostnet, leases, logs, plancache
+from .rules import Wanted
 from .context import HOOKSCRIPT
 from .errors import PvenatError
-from .plan import Held, plan_for
+from .plan import plan_for
 
 log = logs.get_logger("pvenat.sync")
 
@@ -109,53 +108,15 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     return out
 
 
-def reconcile(current, host, public, plans: dict, keep: set, result: SyncResult):
-    """The wanted tables, and what they hold: ``plans`` for guests running here, ``keep``
-    guests as they are.
-
-    Guests already in the kernel keep their ports first, so a guest edited into a
-    conflict loses, not the one that was there. A guest whose plan is refused keeps its
-    current rules. Anything else of pvenat's (guests not running here) goes.
-    """
-    live = ruleset.managed_guests(current)
-    claims = ruleset.held_claims(current)
-    held, accepted, kept = Held(), [], {}
-
-    def keep_current(vmid):
-        if vmid in live:
-            kept[vmid], addresses = ruleset.guest_state(current, vmid, claims)
-            held.keep(kept[vmid].claims, addresses)
-
-    for vmid in sorted(keep):
-        keep_current(vmid)
-    for vmid in sorted(plans, key=lambda v: (v not in live, v)):
-        try:
-            held.check(plans[vmid])
-        except PvenatError as e:
-            result.problems[vmid] = e.message
-            keep_current(vmid)
-            continue
-        accepted.append(plans[vmid])
-        held.add(plans[vmid])
-    wanted = ruleset.keep_jumps(ruleset.desired(host, public, accepted, kept), current)
-
-    now = ruleset.managed_guests(wanted)
-    result.forwarded = sorted(now)
-    result.added = sorted(now - live)
-    result.removed = sorted(live - now)
-    result.updated = sorted(v for v in now & live if wanted["nat"].chains[
-        ruleset.guest_chain(v)] != current["nat"].chains[ruleset.guest_chain(v)])
-    return wanted, held
-
-
 def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
-    """Under pvenat's lock: decide which guests are in, and write the difference."""
+    """Under pvenat's lock: decide which guests are in, and have the rules backend write
+    the difference (rules.Backend.reconcile)."""
     host, places = ctx.host, ctx.places
     public = hostnet.public(host)
     last = None if dry_run else LastSync.load(places.state_dir)
-    heads = {t: table.first for t, table in ruleset.base(host, public).items()}
 
-    def change(current):
+    def decide(live: set) -> Wanted:
+        """``live``: the guests the kernel has rules for."""
         here = ctx.pve.running()
         # NICs gone since the listing: the guest stopped meanwhile, and its post-stop may
         # have cleaned up already; it is not running, whatever the listing said.
@@ -166,42 +127,31 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
         # the config still sits on the source), or PVE holds its config lock (a start
         # between pre-start and its NICs, a stop before post-stop): its own hooks have
         # it in hand.
-        gone = ruleset.managed_guests(current) - (planned.running.keys() - stopped)
+        gone = live - (planned.running.keys() - stopped)
         busy = (gone & here) | ctx.pve.locked(gone - here)
         plans = {v: p for v, p in planned.plans.items() if v not in stopped}
         keep = (planned.broken - stopped) | busy
-        inputs = LastSync.inputs(host, public, plans, keep)
-        if last and last.digest == LastSync.digest(inputs, current, heads):
-            # The kernel is as the last sync left it, and nothing that sync decided from
-            # has changed: it would decide the same again.
-            result.problems.update(last.problems)
-            result.forwarded = sorted(ruleset.managed_guests(current))
-            return current, None
-        if not dry_run:
-            index.drop(places.state_dir)  # while the kernel changes, hooks read the kernel
-        before = set(result.problems)
-        wanted, held = reconcile(current, host, public, plans, keep, result)
-        return wanted, (held, LastSync(LastSync.digest(inputs, wanted, heads), {
-            v: m for v, m in result.problems.items() if v not in before}))
+        return Wanted(plans, keep, LastSync.inputs(host, public, plans, keep))
 
-    if dry_run:
-        current = ctx.kernel.read()
-        result.script = ruleset.restore_script(current, change(current)[0])
+    done = ctx.rules.reconcile(public, decide, last and last.digest, dry_run)
+    result.script, result.forwarded = done.text, done.forwarded
+    if done.same:  # it would decide the same again
+        result.problems.update(last.problems)
     else:
-        result.script, decided = netfilter.update(ctx.kernel, change)
-        if decided:
-            held, record = decided
-            index.save(places.state_dir, index.Index(public, held.all_claims(), held.addresses))
-            record.save(places.state_dir)
+        result.added, result.updated, result.removed = done.added, done.updated, done.removed
+        result.problems.update(done.refused)
+        if not dry_run:
+            LastSync(done.record, done.refused).save(places.state_dir)
     if host.dhcp:
         apply_leases(ctx, planned.leases, result, dry_run)
 
 
 class LastSync:
-    """What the last sync decided from, hashed, and the problems it found. A sync whose
-    inputs and kernel hash the same needs no reconcile: on a host with 1,000 guests that
-    is a third of the sync the timer runs every minute. Lives beside the index, which
-    it vouches for: without the index there is no record."""
+    """What the last sync decided from, hashed with the kernel's state by the rules
+    backend (Reconciled.record), and the problems it found. A sync whose inputs and
+    kernel hash the same needs no reconcile: on a host with 1,000 guests that is a third
+    of the sync the timer runs every minute. The backend trusts it only while its index,
+    which the record vouches for, is there."""
 
     NAME = "sync.json"
 
@@ -212,19 +162,9 @@ class LastSync:
     def inputs(host, public, plans: dict, keep: set) -> str:
         return repr((__version__, host, public, sorted(plans.items()), sorted(keep)))
 
-    @staticmethod
-    def digest(inputs: str, tables: ruleset.Tables, heads: dict) -> str:
-        """``heads``: {table: the jumps that must be first}; whether those are is part of
-        the kernel's state (whichever others happen to be first is not)."""
-        kernel = repr(sorted((name, sorted(t.chains.items()), t.jumps,
-                              sorted(t.first & heads[name])) for name, t in tables.items()))
-        return hashlib.sha1((inputs + kernel).encode()).hexdigest()
-
     @classmethod
     def load(cls, state_dir: str):
         try:
-            if not os.path.exists(os.path.join(state_dir, index.NAME)):
-                return None
             with open(os.path.join(state_dir, cls.NAME), encoding="utf-8") as f:
                 raw = json.load(f)
             return cls(raw["digest"], {int(v): m for v, m in raw["problems"].items()})
@@ -271,7 +211,7 @@ def apply_leases(ctx, wanted, result: SyncResult, dry_run: bool):
 def sync(ctx, dry_run: bool = False) -> SyncResult:
     result = SyncResult()
     planned = plan(ctx, result, dry_run)
-    with netfilter.locked(ctx.places.lock_path):
+    with files.locked(ctx.places.lock_path):
         apply(ctx, planned, result, dry_run)
         result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
                                               dry_run)

@@ -1,14 +1,15 @@
 """An in-memory kernel for the unit tests: pvenat's tables as data, changed by the same
-iptables-restore --noflush scripts the real one gets. Stands in for netfilter.Iptables
-(read, apply, has_chain, counters) so that hooks and sync run in process, without root."""
+iptables-restore --noflush scripts the real one gets. Stands in for
+iptables.kernel.Iptables (read, apply, has_chain, counters) behind the rules seam, so
+that hooks and sync run in process, without root."""
 
-from pvehook import ruleset
-from pvehook.netfilter import KernelRefused
+from pvehook.iptables import render
+from pvehook.iptables.kernel import KernelRefused
 
 
 class MemKernel:
     def __init__(self):
-        self.tables = {t: ruleset.Table() for t in ruleset.TABLES}
+        self.tables = {t: render.Table() for t in render.TABLES}
         self.applied = []  # every script, in order
         self.forgotten = []  # guest addresses whose tracked connections were dropped
 
@@ -20,7 +21,7 @@ class MemKernel:
             heads = {}
             for chain, spec in v.jumps:
                 heads.setdefault(chain, (chain, spec))
-            out[t] = ruleset.Table(dict(v.chains), list(v.jumps), heads.values())
+            out[t] = render.Table(dict(v.chains), list(v.jumps), heads.values())
         return out
 
     def has_chain(self, table, chain):
@@ -48,13 +49,13 @@ class MemKernel:
                 table.chains[line[1:].split()[0]] = ()
             elif words[0] == "-A":
                 self._need(table, words[1], line)
-                if words[1].startswith(ruleset.PREFIX):
+                if words[1].startswith(render.PREFIX):
                     table.chains[words[1]] += (words[2],)
                 else:
                     table.jumps.append((words[1], words[2]))
             elif words[0] == "-I":  # -I CHAIN 1 SPEC: a jump at the head of its chain
                 position, spec = words[2].split(" ", 1)
-                assert position == "1" and not words[1].startswith(ruleset.PREFIX), line
+                assert position == "1" and not words[1].startswith(render.PREFIX), line
                 table.jumps.insert(0, (words[1], spec))
             elif words[0] == "-D":
                 if (words[1], words[2]) not in table.jumps:
@@ -77,5 +78,5 @@ class MemKernel:
 
     @staticmethod
     def _need(table, chain, line):
-        if chain.startswith(ruleset.PREFIX) and chain not in table.chains:
+        if chain.startswith(render.PREFIX) and chain not in table.chains:
             raise KernelRefused("iptables-restore", f"chain does not exist: {line}")

@@ -22,7 +22,7 @@ class Env:
     def __init__(self, ctx, system: System, config_path: str, token: bool = False):
         self.host = ctx.host
         self.pve = ctx.pve  # reads configs, writes as root through pvesh (pve.Pve)
-        self.kernel = ctx.kernel
+        self.rules = ctx.rules  # the kernel's rules (rules.Backend)
         self.places = ctx.places
         self.system = system
         self.config_path = config_path

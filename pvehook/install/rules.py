@@ -1,33 +1,29 @@
 """Install step: pvenat's base rules (outbound SNAT, hairpin MASQUERADE, the NAT boundary,
-DHCP and DNS to the host, the jumps); on uninstall every pvenat chain and jump, guests'
-included, in every table pvenat writes (ruleset.TABLES)."""
+DHCP and DNS to the host, the jumps); on uninstall every rule of pvenat's, guests'
+included, in every table pvenat writes (rules.Backend.install, .uninstall)."""
 
-from .. import hostnet, index, netfilter, ruleset
+from .. import files, hostnet
 from .actions import Action, Do
 
 
 def install(env):
     public = hostnet.public(env.host)
-    current = env.kernel.read()
-    script = ruleset.restore_script(current, ruleset.with_base(current, env.host, public))
+    script = env.rules.install(public, dry_run=True).text
     if not script:
         return None
     return Action("add pvenat's base rules: outbound SNAT, hairpin, NAT boundary, "
                   "DHCP and DNS in, jumps (iptables)",
-                  Do(script, lambda: _change(env, lambda cur: ruleset.with_base(
-                      cur, env.host, public))))
+                  Do(script, lambda: _locked(env, lambda: env.rules.install(public))))
 
 
 def uninstall(env):
-    empty = {t: ruleset.Table() for t in ruleset.TABLES}
-    script = ruleset.restore_script(env.kernel.read(), empty)
+    script = env.rules.uninstall(dry_run=True).text
     if not script:
         return None
     return Action("remove every pvenat chain and jump (iptables)",
-                  Do(script, lambda: _change(env, lambda cur: empty)))
+                  Do(script, lambda: _locked(env, env.rules.uninstall)))
 
 
-def _change(env, wanted):
-    with netfilter.locked(env.places.lock_path):
-        index.drop(env.places.state_dir)
-        netfilter.update(env.kernel, lambda current: (wanted(current), None))
+def _locked(env, change):
+    with files.locked(env.places.lock_path):
+        change()

@@ -12,9 +12,10 @@ from collections import Counter
 import pytest
 
 from lab import lab_fixture, sh
-from pvehook import ruleset
 from pvehook.config import HostConfig
-from pvehook.plan import plan_guest
+from pvehook.iptables import render
+from pvehook.iptables.parse import held_claims, managed_guests, parse_save
+from pvehook.plan import Claim, plan_guest
 from pvehook.spec import parse
 
 GUESTS = range(200, 250)
@@ -49,9 +50,9 @@ def clean(lab):
     lab.config_source = "files"
     lab.write_config()
     lab.write_fixture()
-    tables = {t: ruleset.parse_save(sh("ip", "netns", "exec", lab.host, "iptables-legacy-save",
-                                       "-t", t).stdout) for t in ruleset.TABLES}
-    for vmid in ruleset.managed_guests(tables):
+    tables = {t: parse_save(sh("ip", "netns", "exec", lab.host, "iptables-legacy-save",
+                               "-t", t).stdout) for t in render.TABLES}
+    for vmid in managed_guests(tables):
         assert lab.hook(vmid, "post-stop").returncode == 0
     ForeignWriters.clear(lab)
 
@@ -114,16 +115,16 @@ class ForeignWriters:
 def consistent(lab, running):
     """Every guest is either fully in the kernel or not at all, and the running ones are
     in exactly once; returns the VMIDs found."""
-    tables = {t: ruleset.parse_save(sh("ip", "netns", "exec", lab.host, "iptables-legacy-save",
-                                       "-t", t).stdout) for t in ruleset.TABLES}
-    claims = Counter(ruleset.held_claims(tables))
+    tables = {t: parse_save(sh("ip", "netns", "exec", lab.host, "iptables-legacy-save",
+                               "-t", t).stdout) for t in render.TABLES}
+    claims = Counter(held_claims(tables))
     assert all(n == 1 for n in claims.values()), "a port is claimed twice"
-    found = ruleset.managed_guests(tables)
+    found = managed_guests(tables)
     for vmid in found:
         plan = expected(vmid, lab.guests[vmid]["config"])
-        assert tables["nat"].chains[ruleset.guest_chain(vmid)] == ruleset.guest_rules(plan)
+        assert tables["nat"].chains[render.guest_chain(vmid)] == render.guest_rules(plan)
         mine = sorted(c for c in claims if c.vmid == vmid)
-        assert mine == sorted(ruleset.Claim(f.proto, *f.public, vmid) for f in plan.forwards)
+        assert mine == sorted(Claim(f.proto, *f.public, vmid) for f in plan.forwards)
     assert {c.vmid for c in claims} <= found, "a claim points at a missing guest chain"
     assert running <= found
     return found

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pvehook.config import HostConfig
 from pvehook.errors import PvenatError
 from pvehook.plan import plan_guest, summary
-from pvehook.ruleset import guest_rules
+from pvehook.iptables.render import guest_rules
 from pvehook.spec import parse
 
 HOST = HostConfig()

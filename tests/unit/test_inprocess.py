@@ -9,16 +9,18 @@ import shutil
 import pytest
 from memkernel import MemKernel
 
-from pvehook import attach, cli, hook, index, ruleset, sync
+from pvehook import attach, cli, hook, sync
+from pvehook.iptables import backend, index, parse, render
 from pvehook.config import HostConfig
 from pvehook.context import HOOKSCRIPT, Context, Places
 from pvehook.errors import PvenatError
 from pvehook.pve import Pve
 from pvehook.pveconf import ConfigFiles, digest, parse_conf
+from pvehook.rules import Public, Wanted
 
 from api import render_conf
 
-PUBLIC = ruleset.Public("203.0.113.10", snat=True)
+PUBLIC = Public("203.0.113.10", snat=True)
 HOST = HostConfig(public_ip=PUBLIC.ip)._replace(
     pve=HostConfig().pve._replace(node="pve1", config_source="files"))
 GUESTS = {
@@ -80,7 +82,7 @@ def test_hooks_on_the_index_match_a_full_render(ctx):
         "pvenat: 101: hairpin on tap101i0")
     start(ctx, 102)
     plans = {v: hook.load_plan(ctx, v) for v in (101, 102)}
-    assert ctx.kernel.read()["nat"].chains == ruleset.desired(
+    assert ctx.kernel.read()["nat"].chains == render.desired(
         ctx.host, PUBLIC, plans.values(), {})["nat"].chains
     with open(os.path.join(ctx.places.sysfs, "vmbr1/brif/tap101i0/hairpin_mode")) as f:
         assert f.read() == "1"
@@ -89,8 +91,8 @@ def test_hooks_on_the_index_match_a_full_render(ctx):
     assert ctx.kernel.read()["nat"].chains == before["nat"].chains
     assert stop(ctx, 101) == "pvenat: 101: forwards removed"
     assert ctx.kernel.forgotten == ["172.22.161.170"]
-    assert ctx.kernel.read()["nat"].chains == ruleset.with_base(
-        ruleset.desired(ctx.host, PUBLIC, [plans[102]], {}), ctx.host, PUBLIC)["nat"].chains
+    assert ctx.kernel.read()["nat"].chains == render.with_base(
+        render.desired(ctx.host, PUBLIC, [plans[102]], {}), ctx.host, PUBLIC)["nat"].chains
     assert stop(ctx, 101) == ""  # nothing left to remove
     known = index.load(ctx.places.state_dir)
     assert known.addresses == {"172.22.161.171": 102} and known.public == PUBLIC
@@ -106,17 +108,50 @@ def test_a_conflict_is_refused_and_changes_nothing(ctx):
     assert len(ctx.kernel.applied) == applied
 
 
+def test_the_rules_seam_speaks_intent_and_answers_with_data(ctx):
+    """What commands use: verbs on plans and VMIDs, refusals by code, decisions as data."""
+    rules = ctx.rules
+    plans = {v: hook.load_plan(ctx, v) for v in (101, 102, 103)}
+    assert rules.install(PUBLIC, dry_run=True).text and not ctx.kernel.applied
+    assert rules.start(plans[102], PUBLIC).text
+    assert rules.preview(plans[102], PUBLIC).text == ""  # all in place
+    with pytest.raises(PvenatError) as refused:
+        rules.start(plans[103], PUBLIC)
+    assert refused.value.code == "conflict"
+    assert rules.preview(plans[101], PUBLIC).text and rules.held().addresses == {
+        "172.22.161.171": 102}
+    assert rules.guest(102) == (plans[102].address,) and rules.guest(101) == (None,)
+    seen = []
+
+    def decide(live):
+        seen.append(live)
+        return Wanted({v: plans[v] for v in (101, 103)}, set(), "inputs")
+    done = rules.reconcile(PUBLIC, decide)
+    assert seen == [{102}]
+    assert (done.forwarded, done.added, done.updated, done.removed) == ([101, 103], [101, 103],
+                                                                        [], [102])
+    assert done.refused == {} and done.record and not done.same
+    again = rules.reconcile(PUBLIC, decide, last=done.record)
+    assert again.same and again.text == "" and again.forwarded == [101, 103]
+    live = rules.live()
+    assert live.has(101) and not live.has(102)
+    assert [f.live for f in live.guest(101, plans[101]).forwards] == [True] * len(
+        plans[101].forwards)
+    assert live.guest(101, None).stale and rules.base_missing(PUBLIC) == []
+    assert rules.stop(101).text and rules.uninstall().text and rules.held().addresses == {}
+
+
 def test_an_index_ahead_of_the_kernel_falls_back_to_the_kernel(ctx):
     """A hook killed between recording its claims and applying them leaves the index
     ahead of the kernel: the next change built on it is refused, and the hook reads the
     kernel instead."""
     start(ctx, 101)
     start(ctx, 102)
-    ctx.kernel.tables = {t: ruleset.Table() for t in ruleset.TABLES}  # someone flushed
+    ctx.kernel.tables = {t: render.Table() for t in render.TABLES}  # someone flushed
     assert stop(ctx, 102) == ""  # refused on the index; the kernel has nothing of 102
     assert index.load(ctx.places.state_dir).claims == []  # rebuilt from the kernel
     assert start(ctx, 102)[0].startswith("pvenat: 102 -> 172.22.161.171")
-    assert ruleset.managed_guests(ctx.kernel.read()) == {102}
+    assert parse.managed_guests(ctx.kernel.read()) == {102}
 
 
 def test_post_stop_without_index_or_rules_does_nothing(ctx):
@@ -127,12 +162,12 @@ def test_post_stop_without_index_or_rules_does_nothing(ctx):
 def test_sync_writes_what_desired_renders(ctx):
     for vmid in (101, 102):
         start(ctx, vmid)
-    ctx.kernel.tables = {t: ruleset.Table() for t in ruleset.TABLES}
+    ctx.kernel.tables = {t: render.Table() for t in render.TABLES}
     os.remove(os.path.join(ctx.places.state_dir, "index.json"))
     result = sync.sync(ctx)
     assert (result.added, result.removed, result.problems) == ([101, 102], [], {})
     plans = [hook.load_plan(ctx, v) for v in (101, 102)]
-    assert ctx.kernel.read()["nat"].chains == ruleset.desired(
+    assert ctx.kernel.read()["nat"].chains == render.desired(
         ctx.host, PUBLIC, plans, {})["nat"].chains
     assert sync.sync(ctx).lines("pve1", False) == [
         "pvenat sync: nothing to change (2 guests forwarded)"]
@@ -145,8 +180,8 @@ def test_a_sync_with_nothing_new_since_the_last_decides_nothing_again(ctx, monke
     start(ctx, 103)  # refused: a problem the record must carry
     first = sync.sync(ctx).lines("pve1", False)
     reconciled = []
-    real = sync.reconcile
-    monkeypatch.setattr(sync, "reconcile", lambda *a: reconciled.append(1) or real(*a))
+    real = backend.reconcile
+    monkeypatch.setattr(backend, "reconcile", lambda *a: reconciled.append(1) or real(*a))
     assert "guest 103 left as it was" in first[0]
     assert sync.sync(ctx).lines("pve1", False) == [
         first[0], "pvenat sync: nothing to change (1 guests forwarded)"] and reconciled == []
@@ -156,7 +191,7 @@ def test_a_sync_with_nothing_new_since_the_last_decides_nothing_again(ctx, monke
     os.remove(os.path.join(ctx.places.state_dir, "index.json"))
     sync.sync(ctx)
     assert len(reconciled) == 2
-    chain = ruleset.guest_chain(101)  # someone flushes a chain of pvenat's
+    chain = render.guest_chain(101)  # someone flushes a chain of pvenat's
     ctx.kernel.apply(f"*nat\n:{chain} - [0:0]\nCOMMIT\n")
     assert sync.sync(ctx).updated == [101] and len(reconciled) == 3
     conf = os.path.join(ctx.host.pve.config_dir, "nodes/pve1/lxc/102.conf")
@@ -174,7 +209,7 @@ def test_sync_keeps_the_guest_that_was_there_first(ctx):
     result = sync.sync(ctx)
     assert result.forwarded == [102]
     assert "guest 103" in result.problems[103] and "guest 102" in result.problems[103]
-    assert ruleset.managed_guests(ctx.kernel.read()) == {102}
+    assert parse.managed_guests(ctx.kernel.read()) == {102}
 
 
 def test_post_stop_never_fails_the_stop(ctx, tmp_path):

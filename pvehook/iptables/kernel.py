@@ -7,14 +7,13 @@ processes (hooks, sync) are serialised by a second lock around read-diff-apply, 
 of them never compute a change from the same stale state.
 """
 
-import fcntl
-import os
 import subprocess
 import time
-from contextlib import contextmanager
 
-from . import logs, ruleset
-from .errors import PvenatError
+from .. import logs
+from ..errors import PvenatError
+from . import render
+from .parse import parse_save
 
 log = logs.get_logger("pvenat.netfilter")
 _RETRIES = 5  # a commit can fail with EAGAIN when a tool that takes no lock raced us
@@ -31,15 +30,15 @@ class Iptables:
         self.iptables = iptables
         self.wait_seconds = wait_seconds
 
-    def read(self) -> ruleset.Tables:
+    def read(self) -> render.Tables:
         """pvenat's part of nat and filter, from one iptables-save of all tables."""
         text = self._run([self.save])
         tables = {}
         for block in text.split("\n*")[1:]:
             name, _, body = block.partition("\n")
-            if name in ruleset.TABLES:
-                tables[name] = ruleset.parse_save(body)
-        return {t: tables.get(t) or ruleset.Table() for t in ruleset.TABLES}
+            if name in render.TABLES:
+                tables[name] = parse_save(body)
+        return {t: tables.get(t) or render.Table() for t in render.TABLES}
 
     def has_chain(self, table: str, chain: str) -> bool:
         """Whether the chain exists, without listing every rule of the table (a hook for
@@ -56,7 +55,7 @@ class Iptables:
         """Packets matched by each of pvenat's nat rules: {(chain, rule spec): packets}."""
         out = {}
         for line in self._run([self.save, "-c", "-t", "nat"]).splitlines():
-            if line.startswith("[") and " -A " + ruleset.PREFIX in line:
+            if line.startswith("[") and " -A " + render.PREFIX in line:
                 count, _, chain, spec = line.split(" ", 3)
                 out[(chain, spec)] = int(count[1:].split(":")[0])
         return out
@@ -99,29 +98,18 @@ class KernelRefused(PvenatError):
             in self.stderr
 
 
-@contextmanager
-def locked(path: str):
-    """Serialise pvenat's own read-diff-apply cycles (path: Places.lock_path)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def update(kernel, change):
     """Read the kernel, let ``change(current)`` return (wanted tables, what it decided),
     apply the difference. Returns (the script applied, what it decided); the script is
     empty when the kernel already matched.
 
-    ``change`` may raise to refuse (nothing is applied then). The caller holds ``locked()``.
+    ``change`` may raise to refuse (nothing is applied then). The caller holds pvenat's lock
+    (files.locked).
     """
     for attempt in range(_RETRIES):
         current = kernel.read()
         wanted, decided = change(current)
-        script = ruleset.restore_script(current, wanted)
+        script = render.restore_script(current, wanted)
         if not script:
             return "", decided
         try:

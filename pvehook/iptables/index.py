@@ -13,15 +13,17 @@ import json
 import os
 from typing import NamedTuple
 
-from . import files, ruleset
-from .plan import Claim
+from .. import files
+from ..plan import Claim
+from ..rules import Public
+from . import parse, render
 
 NAME = "index.json"
 UNKNOWN = ("(rules not read from the kernel)",)
 
 
 class Index(NamedTuple):
-    public: ruleset.Public | None  # the base rules are in place for this (None: unknown)
+    public: Public | None  # the base rules are in place for this (None: unknown)
     claims: list[Claim]
     addresses: dict[str, int]  # guest address -> VMID
 
@@ -29,30 +31,30 @@ class Index(NamedTuple):
         return Index(self.public, [c for c in self.claims if c.vmid != vmid],
                      {a: v for a, v in self.addresses.items() if v != vmid})
 
-    def with_plan(self, plan, public: ruleset.Public) -> "Index":
+    def with_plan(self, plan, public: Public) -> "Index":
         out = self.without(plan.vmid)
         return Index(public, out.claims + plan.claims(),
                      {**out.addresses, plan.address: plan.vmid})
 
-    def tables(self, host, vmid: int, touched_claims) -> ruleset.Tables:
+    def tables(self, host, vmid: int, touched_claims) -> render.Tables:
         """The kernel as this file says it is, for the chains a hook of ``vmid`` touches:
         the base rules, PVENAT-DNAT and the tree nodes on the paths of ``touched_claims``,
         and the guest's own chain. The rules of those chains are not known (a hook killed
         between recording and applying leaves this file ahead of the kernel), so they are
         marked unknown and always rewritten; a chain that is not there after all makes
         the kernel refuse the change, and the hook reads the kernel instead."""
-        tables = ruleset.with_base({t: ruleset.Table() for t in ruleset.TABLES}, host,
-                                   self.public, self.claims)
-        touched = set().union(set(), *map(ruleset.claim_path, touched_claims))
+        tables = render.with_base({t: render.Table() for t in render.TABLES}, host,
+                                  self.public, self.claims)
+        touched = set().union(set(), *map(render.claim_path, touched_claims))
         nat = tables["nat"]
-        nat.chains.update({chain: UNKNOWN for chain in ruleset.dispatch(self.claims, touched)})
+        nat.chains.update({chain: UNKNOWN for chain in render.dispatch(self.claims, touched)})
         if any(c.vmid == vmid for c in self.claims):
-            nat.chains[ruleset.guest_chain(vmid)] = UNKNOWN
+            nat.chains[render.guest_chain(vmid)] = UNKNOWN
         return tables
 
 
-def from_tables(tables: ruleset.Tables, public) -> Index:
-    return Index(public, ruleset.held_claims(tables), ruleset.guest_addresses(tables))
+def from_tables(tables: render.Tables, public) -> Index:
+    return Index(public, parse.held_claims(tables), parse.guest_addresses(tables))
 
 
 def load(state_dir: str):
@@ -60,7 +62,7 @@ def load(state_dir: str):
     try:
         with open(os.path.join(state_dir, NAME), encoding="utf-8") as f:
             raw = json.load(f)
-        return Index(raw["public"] and ruleset.Public(*raw["public"]),
+        return Index(raw["public"] and Public(*raw["public"]),
                      [Claim(*c) for c in raw["claims"]],
                      {a: int(v) for a, v in raw["addresses"].items()})
     except (OSError, ValueError, KeyError, TypeError):

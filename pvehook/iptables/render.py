@@ -1,4 +1,4 @@
-"""pvenat's rules as data: render them, read them back from iptables-save, diff them.
+"""pvenat's rules as iptables data: render them, diff them (parse.py reads them back).
 
 Everything pvenat owns lives in chains named PVENAT-*, reached by a few jumps from the
 built-in chains. Per table that is a ``Tables`` entry: {chain: rules} plus the jumps.
@@ -20,11 +20,11 @@ whatever the number of guests. Nodes exist only where claims are.
 """
 
 import bisect
-import re
 from typing import NamedTuple
 
-from .plan import Claim, GuestPlan
-from .ports import format_range
+from ..plan import Claim, GuestPlan
+from ..ports import format_range
+from ..rules import Public
 
 PREFIX = "PVENAT-"
 ZONE = "PVENAT-ZONE"
@@ -37,9 +37,6 @@ TABLES = ("raw", "mangle", "nat", "filter")
 # The conntrack zone of packets bridged through PVE's firewall bridges: the one PVE's
 # own docs (pve-network.adoc) and SDN zones with SNAT use, so that both agree.
 FIREWALL_BRIDGE_ZONE = 1
-_CLAIM = re.compile(
-    r"-p (tcp|udp) -m multiport --dports ([0-9]+)(?::([0-9]+))? -j PVENAT-([0-9]+)")
-_TO = re.compile(r"--to-destination ([0-9.]+)")
 
 
 def guest_chain(vmid: int) -> str:
@@ -72,14 +69,6 @@ class Table:
 
 
 Tables = dict  # "nat"/"filter" -> Table
-
-
-class Public(NamedTuple):
-    """The public address forwards are reached on, and how guests leave through it:
-    SNAT to it when the admin named it, MASQUERADE when it is whatever wan_bridge has."""
-
-    ip: str
-    snat: bool = False
 
 
 # --- rendering -------------------------------------------------------------------------
@@ -293,7 +282,7 @@ def with_guest(current: Tables, host, public: Public, vmid: int, plan, claims=No
     A plan also brings the base rules into shape; a removal leaves them as they are.
     ``claims`` are held_claims(current), when the caller has them already.
     """
-    claims = held_claims(current) if claims is None else claims
+    claims = _held(current) if claims is None else claims
     tables = with_base(current, host, public, claims) if plan else {
         t: current[t].copy() for t in TABLES}
     nat = tables["nat"]
@@ -319,7 +308,7 @@ def with_guest(current: Tables, host, public: Public, vmid: int, plan, claims=No
 
 def with_base(current: Tables, host, public: Public, claims=None) -> Tables:
     """``current`` with the host-wide rules in shape; guests' rules are kept."""
-    claims = held_claims(current) if claims is None else claims
+    claims = _held(current) if claims is None else claims
     tables = {t: current[t].copy() for t in TABLES}
     for table, wanted in base(host, public).items():
         tables[table].chains.update(wanted.chains)
@@ -361,68 +350,12 @@ def merge_jumps(have, want):
     return kept + [j for j in want if j not in kept]
 
 
-# --- reading the kernel ----------------------------------------------------------------
-
-def parse_save(text: str) -> Table:
-    """pvenat's chains and jumps out of ``iptables-save -t TABLE`` output."""
-    table = Table()
-    seen = set()  # built-in chains whose first rule has gone by
-    first = set()
-    for line in text.splitlines():
-        if line.startswith(":" + PREFIX):
-            table.chains[line[1:].split(" ", 1)[0]] = []
-        elif line.startswith("-A "):
-            _, chain, spec = line.split(" ", 2)
-            if chain.startswith(PREFIX):
-                table.chains[chain].append(spec)
-                continue
-            if f"-j {PREFIX}" in spec or f"-g {PREFIX}" in spec:
-                table.jumps.append((chain, spec))
-                if chain not in seen:
-                    first.add((chain, spec))
-            seen.add(chain)
-    table.chains = {k: tuple(v) for k, v in table.chains.items()}
-    table.first = frozenset(first)
-    return table
-
-
-def held_claims(tables: Tables) -> list[Claim]:
-    """The claims recorded in the port trees: the kernel is pvenat's index."""
-    out = []
-    for chain, rules in tables["nat"].chains.items():
-        if is_tree_chain(chain):
-            for rule in rules:
-                m = _CLAIM.fullmatch(rule)
-                if m:
-                    lo = int(m.group(2))
-                    out.append(Claim(m.group(1), lo, int(m.group(3) or lo), int(m.group(4))))
-    return out
-
-
-def guest_addresses(tables: Tables) -> dict[str, int]:
-    out = {}
-    for chain, rules in tables["nat"].chains.items():
-        if is_guest_chain(chain) and rules:  # all of a guest's rules go to one address
-            m = _TO.search(rules[0])
-            if m:
-                out[m.group(1)] = int(chain[len(PREFIX):])
-    return out
-
-
-def managed_guests(tables: Tables) -> set[int]:
-    return {int(c[len(PREFIX):]) for c in tables["nat"].chains if is_guest_chain(c)}
-
-
-def guest_state(tables: Tables, vmid: int, claims=None) -> tuple[Kept, dict]:
-    """A guest's chain as the kernel has it, and its addresses ({address: vmid}).
-    ``claims`` are held_claims(tables), when the caller has them already."""
-    claims = held_claims(tables) if claims is None else claims
-    rules = tables["nat"].chains.get(guest_chain(vmid), ())
-    m = _TO.search(rules[0]) if rules else None
-    return Kept(rules, [c for c in claims if c.vmid == vmid]), ({m.group(1): vmid} if m else {})
-
-
 # --- the difference as one iptables-restore --noflush script ---------------------------
+
+def _held(current: Tables) -> list[Claim]:
+    from .parse import held_claims  # parse reads these names; imported when first needed
+    return held_claims(current)
+
 
 def restore_script(current: Tables, wanted: Tables) -> str:
     """The iptables-restore --noflush input that turns ``current`` into ``wanted``.

@@ -1,0 +1,256 @@
+"""The iptables backend (IPv4, iptables-legacy): rules.Backend's verbs on render, parse,
+the index and the kernel. The only module that knows all four.
+
+A hook's change is built on the index (index.py) when there is one for its public
+address, and from the kernel when there is none or the kernel refuses a change built on
+it; sync and install read the kernel and drop the index while they change it.
+"""
+
+import os
+
+from .. import logs
+from ..errors import PvenatError
+from ..plan import Held
+from ..rules import Applied, ForwardLive, GuestHeld, GuestLive, Reconciled
+from . import index, kernel as kernels, parse, render
+
+log = logs.get_logger("pvenat.hook")
+
+
+class IptablesBackend:
+    def __init__(self, host, state_dir: str, kernel=None):
+        self.host = host
+        self.state_dir = state_dir
+        # read() / apply() / has_chain() / counters() / forget_connections()
+        self.kernel = kernels.Iptables() if kernel is None else kernel
+
+    # --- one guest: the hooks ----------------------------------------------------------
+
+    def start(self, plan, public) -> Applied:
+        return Applied(self._change_guest(plan.vmid, plan, public))
+
+    def stop(self, vmid) -> Applied:
+        return Applied(self._change_guest(vmid, None, None))
+
+    def guest(self, vmid):
+        known = index.load(self.state_dir)
+        if known is None:
+            if not self.kernel.has_chain("nat", render.guest_chain(vmid)):
+                return None
+            addresses = parse.guest_addresses(self.kernel.read())
+        else:
+            addresses = known.addresses
+        return GuestHeld(next((a for a, v in addresses.items() if v == vmid), None))
+
+    def forget(self, public, address):
+        self.kernel.forget_connections(public.ip, address)
+
+    def held(self) -> Held:
+        return running_here(self.kernel.read())
+
+    def preview(self, plan, public) -> Applied:
+        current = self.kernel.read()
+        return Applied(render.restore_script(
+            current, self._start_change(plan, public)(current)[0]))
+
+    def rule_text(self, plan) -> list[str]:
+        return list(render.guest_rules(plan))
+
+    def _start_change(self, plan, public):
+        """The change a start makes, for kernel.update: refused when another guest holds
+        the ports or the address."""
+        def change(current):
+            held = running_here(current)
+            held.check(plan)
+            wanted = render.with_guest(current, self.host, public, plan.vmid, plan,
+                                       held.all_claims())
+            return wanted, wanted
+        return change
+
+    def _stop_change(self, vmid):
+        def change(current):
+            wanted = render.with_guest(current, self.host, None, vmid, None)
+            return wanted, wanted
+        return change
+
+    def _change_guest(self, vmid, plan, public) -> str:
+        """Apply one guest's start (plan) or stop (None); returns the script applied.
+
+        Built on pvenat's index when there is one for this public address; when there is
+        none, or the kernel refuses a change built on it, from the kernel. The caller holds
+        the lock.
+        """
+        known = index.load(self.state_dir)
+        if known is not None and (plan is None or known.public == public):
+            try:
+                return self._change_from_index(known, vmid, plan, public)
+            except kernels.KernelRefused as e:
+                log.warning("index.stale", vmid=vmid, error=e.stderr)
+        return self._change_from_kernel(vmid, plan, public)
+
+    def _change_from_index(self, known, vmid, plan, public) -> str:
+        """The change computed from the index alone, without reading the kernel: the
+        touched chains are always rewritten whole (index.Index.tables)."""
+        state = self.state_dir
+        if plan is not None:
+            Held(known.claims, known.addresses).check(plan)
+        old = [c for c in known.claims if c.vmid == vmid]
+        new = [] if plan is None else plan.claims()
+        if not old and not new:
+            return ""
+        current = known.tables(self.host, vmid, old + new)
+        script = render.restore_script(current, render.with_guest(
+            current, self.host, known.public, vmid, plan, known.claims))
+        after = known.without(vmid) if plan is None else known.with_plan(plan, public)
+        recorded = None
+        if plan is not None:  # claims are recorded before they exist, and kept until gone
+            recorded = index.Index(public, sorted(set(known.claims + after.claims)),
+                                   {**known.addresses, **after.addresses})
+            index.save(state, recorded)
+        if script:
+            self.kernel.apply(script)
+        if recorded != after._replace(claims=sorted(after.claims)):  # else saved already
+            index.save(state, after)
+        return script
+
+    def _change_from_kernel(self, vmid, plan, public) -> str:
+        state = self.state_dir
+        change = self._stop_change(vmid) if plan is None else self._start_change(plan, public)
+        index.drop(state)  # while the kernel changes under a recorded index, trust neither
+        script, wanted = kernels.update(self.kernel, change)
+        index.save(state, index.from_tables(wanted, public))
+        return script
+
+    # --- every guest: sync -------------------------------------------------------------
+
+    def reconcile(self, public, decide, last=None, dry_run=False) -> Reconciled:
+        """``last``: the record of the last reconcile, trusted while the index it vouches
+        for is there (sync.LastSync keeps it beside the index)."""
+        host = self.host
+        heads = {t: table.first for t, table in render.base(host, public).items()}
+        if last is not None and not os.path.exists(os.path.join(self.state_dir, index.NAME)):
+            last = None
+        out = {}
+
+        def change(current):
+            wanted = decide(parse.managed_guests(current))
+            if last and last == digest(wanted.inputs, current, heads):
+                # The kernel is as the last sync left it, and nothing that sync decided
+                # from has changed: it would decide the same again.
+                out["result"] = Reconciled("", sorted(parse.managed_guests(current)),
+                                           [], [], [], {}, None, same=True)
+                return current, None
+            if not dry_run:
+                index.drop(self.state_dir)  # while the kernel changes, hooks read the kernel
+            tables, held, result = reconcile(current, host, public, wanted.plans, wanted.keep)
+            out["result"] = result._replace(record=digest(wanted.inputs, tables, heads))
+            return tables, held
+
+        if dry_run:
+            current = self.kernel.read()
+            script = render.restore_script(current, change(current)[0])
+            return out["result"]._replace(text=script)
+        script, held = kernels.update(self.kernel, change)
+        if held:
+            index.save(self.state_dir, index.Index(public, held.all_claims(), held.addresses))
+        return out["result"]._replace(text=script)
+
+    # --- the host: install, uninstall, status -----------------------------------------
+
+    def install(self, public, dry_run=False) -> Applied:
+        return self._whole(lambda current: render.with_base(current, self.host, public),
+                           dry_run)
+
+    def uninstall(self, dry_run=False) -> Applied:
+        empty = {t: render.Table() for t in render.TABLES}
+        return self._whole(lambda current: empty, dry_run)
+
+    def _whole(self, wanted, dry_run) -> Applied:
+        if dry_run:
+            current = self.kernel.read()
+            return Applied(render.restore_script(current, wanted(current)))
+        index.drop(self.state_dir)
+        return Applied(kernels.update(self.kernel, lambda current: (wanted(current), None))[0])
+
+    def base_missing(self, public) -> list[str]:
+        return render.base_missing(self.kernel.read(), self.host, public)
+
+    def live(self) -> "LiveRules":
+        return LiveRules(self.kernel.read(), self.kernel.counters())
+
+
+class LiveRules:
+    """The kernel's guest chains and their rules' packet counters, read once."""
+
+    def __init__(self, current, counters):
+        self.chains = current["nat"].chains
+        self.counters = counters
+
+    def has(self, vmid) -> bool:
+        return self.chains.get(render.guest_chain(vmid)) is not None
+
+    def guest(self, vmid, plan) -> GuestLive:
+        chain = render.guest_chain(vmid)
+        live = self.chains.get(chain)
+        planned, forwards = set(), []
+        for f in plan.forwards if plan else ():
+            rules = render.forward_rules(plan.address, f)
+            planned.update(rules)
+            forwards.append(ForwardLive(bool(live) and all(r in live for r in rules),
+                                        sum(self.counters.get((chain, r), 0) for r in rules)))
+        stale = [(rule, self.counters.get((chain, rule), 0)) for rule in live or ()
+                 if rule not in planned]
+        return GuestLive(forwards, stale)
+
+
+def running_here(current) -> Held:
+    """What the guests running on this node hold, as the kernel's tables record it."""
+    return Held(parse.held_claims(current), parse.guest_addresses(current))
+
+
+def reconcile(current, host, public, plans: dict, keep: set):
+    """The wanted tables, what they hold, and what was decided: ``plans`` for guests
+    running here, ``keep`` guests as they are.
+
+    Guests already in the kernel keep their ports first, so a guest edited into a
+    conflict loses, not the one that was there. A guest whose plan is refused keeps its
+    current rules. Anything else of pvenat's (guests not running here) goes.
+    """
+    live = parse.managed_guests(current)
+    claims = parse.held_claims(current)
+    held, accepted, kept, refused = Held(), [], {}, {}
+
+    def keep_current(vmid):
+        if vmid in live:
+            kept[vmid], addresses = parse.guest_state(current, vmid, claims)
+            held.keep(kept[vmid].claims, addresses)
+
+    for vmid in sorted(keep):
+        keep_current(vmid)
+    for vmid in sorted(plans, key=lambda v: (v not in live, v)):
+        try:
+            held.check(plans[vmid])
+        except PvenatError as e:
+            refused[vmid] = e.message
+            keep_current(vmid)
+            continue
+        accepted.append(plans[vmid])
+        held.add(plans[vmid])
+    wanted = render.keep_jumps(render.desired(host, public, accepted, kept), current)
+
+    now = parse.managed_guests(wanted)
+    updated = sorted(v for v in now & live if wanted["nat"].chains[
+        render.guest_chain(v)] != current["nat"].chains[render.guest_chain(v)])
+    return wanted, held, Reconciled("", sorted(now), sorted(now - live), updated,
+                                    sorted(live - now), refused, None)
+
+
+def digest(inputs: str, tables: render.Tables, heads: dict) -> str:
+    """The kernel's state and what a sync decided it from, hashed. ``heads``: {table: the
+    jumps that must be first}; whether those are is part of the kernel's state (whichever
+    others happen to be first is not)."""
+    import hashlib  # a sync's alone: a hook does not pay for it
+
+    kernel = repr(sorted((name, sorted(t.chains.items()), t.jumps,
+                          sorted(t.first & heads[name])) for name, t in tables.items()))
+    return hashlib.sha1((inputs + kernel).encode()).hexdigest()
