@@ -70,30 +70,32 @@ def render(leases, reserved=()) -> str:
 
 
 def parse(text: str) -> list[Lease]:
-    out, owner = [], None
-    for line in text.splitlines():
-        m = _OWNER.fullmatch(line.strip())
+    out = []
+    for owner, line in _owned(text, _OWNER):
+        m = _LINE.fullmatch(line)
         if m:
-            owner = int(m.group(1))
-            continue
-        m = _LINE.fullmatch(line.strip())
-        if m and owner is not None:
             out.append(Lease(owner, m.group(1), m.group(2), m.group(3) or ""))
-        owner = None
     return out
 
 
 def parse_reserved(text: str) -> list[Reserved]:
     if "# reserved" not in text:
         return []
+    return [Reserved(owner, line) for owner, line in _owned(text, _RESERVED)
+            if _ADDRESS.fullmatch(line)]
+
+
+def _owned(text: str, head) -> list:
+    """(VMID, line) for each line right after a comment ``head`` names its guest in."""
     out, owner = [], None
     for line in text.splitlines():
-        m = _RESERVED.fullmatch(line.strip())
+        line = line.strip()
+        m = head.fullmatch(line)
         if m:
             owner = int(m.group(1))
             continue
-        if owner is not None and _ADDRESS.fullmatch(line.strip()):
-            out.append(Reserved(owner, line.strip()))
+        if owner is not None:
+            out.append((owner, line))
         owner = None
     return out
 

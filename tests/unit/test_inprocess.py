@@ -318,21 +318,15 @@ def test_the_attach_command_warns_and_exits_1(ctx, capsys):
 
 
 def test_attach_keeps_the_address_of_notes_a_start_would_refuse(ctx):
-    """A port outside the pool must not cost the guest the address its block names."""
-    notes = "```pvenat\nip: 172.22.161.173\nforwards: [8080]\n```"
-    write_conf(ctx.host.pve.config_dir, 103, "qemu", {
-        "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
-    lines, problems = attach.attach(ctx, [103], False)
-    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
-    assert ctx.pve.guest(103).config["description"] == notes
-    assert [e.message for _, e in problems] == [refusal(ctx, 103)]
-    # Notes pvenat cannot read at all: it does not write an address into them
-    notes = "```pvenat\nip: 172.22.161.173\nforwards: [12222 : 22]\n```"
-    write_conf(ctx.host.pve.config_dir, 103, "qemu", {
-        "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
-    lines, problems = attach.attach(ctx, [103], False)
-    assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
-    assert ctx.pve.guest(103).config["description"] == notes
-    assert [e.message for _, e in problems] == [refusal(ctx, 103)]
+    """A port outside the pool must not cost the guest the address its block names; and
+    into Notes pvenat cannot read at all, it writes no address."""
+    for forwards in ("8080", "12222 : 22"):
+        notes = f"```pvenat\nip: 172.22.161.173\nforwards: [{forwards}]\n```"
+        write_conf(ctx.host.pve.config_dir, 103, "qemu", {
+            "net0": "virtio=BC:24:11:00:00:03,bridge=vmbr1", "description": notes})
+        lines, problems = attach.attach(ctx, [103], False)
+        assert lines == [f"pvenat: 103: hookscript set to {HOOKSCRIPT}"]
+        assert ctx.pve.guest(103).config["description"] == notes
+        assert [e.message for _, e in problems] == [refusal(ctx, 103)]
     with pytest.raises(PvenatError, match="'12222 : 22' reads as a YAML mapping"):
         attach.attach(ctx, [103], False, "172.22.161.50")
