@@ -42,6 +42,14 @@ class PveSettings(NamedTuple):
         return os.path.join(self.config_dir, "pve-root-ca.pem")
 
 
+class Ipv6Settings(NamedTuple):
+    """IPv6 for the guests (ipv6.py): each 'auto' or given."""
+
+    prefix: str = "auto"  # auto: the /64 of wan_bridge's global address; or a /64
+    upstream: str = "auto"  # routed (the prefix is routed to the host), on-link, auto
+    lan_address: str = "auto"  # the host's address on lan_bridge; auto: PREFIX::1 or next
+
+
 class HostConfig(NamedTuple):
     wan_bridge: str = "vmbr0"
     public_ip: str = "auto"  # or an IPv4 address
@@ -59,6 +67,7 @@ class HostConfig(NamedTuple):
     # host (no NAT, every port); anything else from wan_bridge that pvenat's forwards
     # did not DNAT is dropped
     allow_routed: tuple = ()
+    ipv6: Ipv6Settings | None = None  # None: off (the default)
     pve: PveSettings = PveSettings()
 
     @property
@@ -235,13 +244,13 @@ def _networks(value, *_):
     out = []
     for text in (_scalar(i) for i in items):
         try:
-            net = ipaddress.IPv4Network(text)
+            net = ipaddress.ip_network(text)
         except ValueError:
             try:
-                net = ipaddress.IPv4Network(text, strict=False)
+                net = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                raise ValueError(f"{text!r} is not an IPv4 network; write one such as "
-                                 "198.51.100.0/24 or 198.51.100.7") from None
+                raise ValueError(f"{text!r} is not a network; write one such as "
+                                 "198.51.100.0/24, 198.51.100.7 or 2001:db8:5::/48") from None
             raise ValueError(f"{text!r} has host bits set; write the network, "
                              f"{net}") from None
         out.append(str(net))
@@ -254,6 +263,36 @@ def _verify(value, *_):
         raise ValueError(f"{text!r}: use pve (the cluster's CA), true (the system's), false "
                          "or the path of a CA bundle")
     return text
+
+
+def _ipv6(value, path, key):
+    """``ipv6: true`` (every setting auto), ``false``, or its settings."""
+    if isinstance(value, yamlstrict.Scalar):
+        return Ipv6Settings() if _flag(value) else None
+    if not isinstance(value, yamlstrict.Map):
+        raise TypeError("use true, false, or keys such as 'prefix: auto'")
+    return Ipv6Settings(**_fields(value, IPV6_FIELDS, path, key + "."))
+
+
+def _prefix(value, *_):
+    text = _scalar(value)
+    if text == "auto":
+        return text
+    try:
+        net = ipaddress.IPv6Network(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv6 network; write the /64 your hoster "
+                         "gave, such as 2001:db8:1:2::/64, or auto") from None
+    if net.prefixlen != 64:
+        raise ValueError(f"{text!r} is a /{net.prefixlen}; give one /64 of it, such as "
+                         f"{next(net.subnets(new_prefix=64)) if net.prefixlen < 64 else ''}"
+                         " (router advertisements and DHCPv6 serve a /64)")
+    return str(net)
+
+
+def _address6(value, *_):
+    text = _scalar(value)
+    return text if text == "auto" else str(ipaddress.IPv6Address(text))
 
 
 def _pve(value, path, key):
@@ -269,9 +308,13 @@ PVE_FIELDS = {
     "timeout": _count, "config_source": _one_of("api", "files"), "config_dir": _text,
     "lock_dir": _text,
 }
+IPV6_FIELDS = {
+    "prefix": _prefix, "upstream": _one_of("auto", "routed", "on-link", noun="upstream"),
+    "lan_address": _address6,
+}
 FIELDS = {
     "wan_bridge": _ifname, "public_ip": _public_ip, "lan_bridge": _ifname,
     "lan_address": _interface, "port_pool": _ports, "reserved_ports": _ports,
     "max_forwards": _count, "log_file": _text, "dhcp": _flag, "dhcp_range": _address_range,
-    "dns_servers": _addresses, "allow_routed": _networks, "pve": _pve,
+    "dns_servers": _addresses, "allow_routed": _networks, "ipv6": _ipv6, "pve": _pve,
 }

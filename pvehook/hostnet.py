@@ -12,20 +12,47 @@ from .rules import Public
 
 def public(host) -> Public:
     """The configured public IP (SNAT to it), or for 'auto' the first IPv4 on wan_bridge
-    (MASQUERADE, which follows the address)."""
+    (MASQUERADE, which follows the address); and the guests' IPv6 network."""
+    net6 = ipv6_net(host)
     if host.public_ip != "auto":
-        return Public(host.public_ip, snat=True)
+        return Public(host.public_ip, True, net6)
     try:
         out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", host.wan_bridge],
                              capture_output=True, text=True, check=True).stdout
         for iface in json.loads(out):
             for addr in iface.get("addr_info", []):
                 if addr.get("family") == "inet" and addr.get("scope") == "global":
-                    return Public(str(ipaddress.IPv4Address(addr["local"])))
+                    return Public(str(ipaddress.IPv4Address(addr["local"])), False, net6)
     except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
         pass  # no such bridge, or no ip command (not a PVE node): no address either way
     raise PvenatError("host", f"no IPv4 address on {host.wan_bridge} (public_ip: auto); "
                       "bring it up or set public_ip in the pvenat config")
+
+
+def ipv6_net(host):
+    """The guests' IPv6 network (ipv6.Net), None with ipv6 off. Its 'auto' settings are
+    read from wan_bridge's addresses, asked of the kernel only when one is auto."""
+    if host.ipv6 is None:
+        return None
+    from . import ipv6
+
+    settings = host.ipv6
+    auto = "auto" in (settings.prefix, settings.upstream, settings.lan_address)
+    return ipv6.resolve(settings, host.wan_bridge,
+                        wan_addresses6(host.wan_bridge) if auto else [])[0]
+
+
+def wan_addresses6(wan_bridge: str) -> list:
+    """The global IPv6 addresses on wan_bridge, as interfaces (address/prefixlen)."""
+    try:
+        out = subprocess.run(["ip", "-j", "-6", "addr", "show", "dev", wan_bridge,
+                              "scope", "global"], capture_output=True, text=True,
+                             check=True).stdout
+        return [ipaddress.IPv6Interface(f"{a['local']}/{a['prefixlen']}")
+                for iface in json.loads(out or "[]") for a in iface.get("addr_info", [])
+                if a.get("family") == "inet6"]
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        return []  # no such bridge, or no ip command: no address either way
 
 
 # The network devices PVE makes for a running guest's NICs: tap<vmid>i<n> (QEMU),

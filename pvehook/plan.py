@@ -34,6 +34,7 @@ class GuestPlan(NamedTuple):
     vmid: int
     address: str | None  # None only from plan_guest(need_address=False)
     forwards: tuple[Forward, ...]
+    address6: str | None = None  # its public IPv6 address; None with ipv6 off
 
     def claims(self) -> list[Claim]:
         """The public ports this guest holds while it runs."""
@@ -41,10 +42,11 @@ class GuestPlan(NamedTuple):
 
 
 def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig,
-               need_address: bool = True) -> GuestPlan:
+               need_address: bool = True, net6=None) -> GuestPlan:
     """The guest's checked plan. ``need_address=False`` (pvenat check --notes: Notes
     checked before the guest has an address, which attach gives it) lets a guest with no
-    address at all through with ``address`` None; everything else is checked the same."""
+    address at all through with ``address`` None; everything else is checked the same.
+    ``net6``: the guests' IPv6 network (ipv6.Net; hostnet.ipv6_net), None with ipv6 off."""
     vmid, who = spec.vmid, spec.who
     address = spec.ip or nic_address(kind, config, host.lan_bridge)
     if address is None:
@@ -80,16 +82,22 @@ def plan_guest(spec: GuestSpec, kind: str, config: dict, host: HostConfig,
         if a.proto == b.proto and b.public[0] <= a.public[1]:
             raise PvenatError("spec", f"{who}: {a.proto} port {b.public[0]} is "
                               f"forwarded twice ({a.origin} and {b.origin}); keep one")
-    return GuestPlan(vmid, address, spec.forwards)
+    address6 = None
+    if net6 is not None:
+        from .ipv6 import address as ipv6_address  # with ipv6 on alone
+
+        address6 = ipv6_address(vmid, kind, config, spec.ip6, net6, host.lan_bridge)
+    return GuestPlan(vmid, address, spec.forwards, address6)
 
 
-def plan_for(guest, host: HostConfig, source: str = "", need_address: bool = True):
+def plan_for(guest, host: HostConfig, source: str = "", need_address: bool = True,
+             net6=None):
     """A guest's checked plan from its config, or None when pvenat does not manage it.
     ``source``: the file its Notes came from, for messages (spec.parse)."""
     parsed = parse(guest.vmid, guest.config.get("description", ""), guest.config.get("tags", ""),
                    source)
     return None if parsed is None else plan_guest(parsed, guest.kind, guest.config, host,
-                                                  need_address)
+                                                  need_address, net6)
 
 
 def guest_address(guest, plan, host) -> str | None:

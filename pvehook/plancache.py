@@ -14,10 +14,11 @@ from .plan import PLAN_INPUTS, GuestPlan
 from .spec import Forward
 
 
-def host_key(host) -> str:
+def host_key(host, net6=None) -> str:
     """What a plan depends on besides the guest: the host settings a plan reads
-    (PLAN_INPUTS), and pvenat's version (an upgrade may plan differently)."""
-    return repr((__version__, [str(getattr(host, name)) for name in PLAN_INPUTS]))
+    (PLAN_INPUTS), the guests' IPv6 network, and pvenat's version (an upgrade may plan
+    differently)."""
+    return repr((__version__, [str(getattr(host, name)) for name in PLAN_INPUTS], net6))
 
 
 def fingerprint(host_key: str, guest) -> str:
@@ -37,12 +38,12 @@ def load(path: str) -> dict:
         return {}
     return {key: None if p is None else GuestPlan(
         p[0], p[1], tuple(Forward(f[0], tuple(f[1]), tuple(f[2]), tuple(f[3]), f[4])
-                          for f in p[2])) for key, p in raw.items()}
+                          for f in p[2]), p[3]) for key, p in raw.items()}
 
 
 def save(path: str, plans: dict):
     """Write atomically: a hook or sync killed halfway leaves the old file or none."""
     raw = {key: None if p is None else [p.vmid, p.address, [
-        [f.proto, f.public, f.guest, f.allow, f.origin] for f in p.forwards]]
+        [f.proto, f.public, f.guest, f.allow, f.origin] for f in p.forwards], p.address6]
         for key, p in plans.items()}
     files.write_atomic(path, json.dumps(raw, separators=(",", ":")))

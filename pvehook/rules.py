@@ -22,11 +22,13 @@ from .plan import GuestPlan, Held
 
 
 class Public(NamedTuple):
-    """The public address forwards are reached on, and how guests leave through it:
-    SNAT to it when the admin named it, MASQUERADE when it is whatever wan_bridge has."""
+    """The public side, per family. IPv4: the address forwards are reached on, and how
+    guests leave through it (SNAT to it when the admin named it, MASQUERADE when it is
+    whatever wan_bridge has). IPv6: the guests' network (ipv6.Net), None when off."""
 
     ip: str
     snat: bool = False
+    net6: tuple | None = None  # ipv6.Net
 
 
 class Applied(NamedTuple):

@@ -38,7 +38,15 @@ class Forward(NamedTuple):
         return pub if self.guest == self.public else f"{pub}->{format_range(*self.guest)}"
 
     def sources(self) -> list[str]:
-        return [a.removesuffix("/32") for a in self.allow]
+        return [a.removesuffix("/32").removesuffix("/128") for a in self.allow]
+
+    def allow_family(self, version: int) -> tuple[str, ...] | None:
+        """The sources of one IP version: () for anyone, None when the allow-list names
+        sources of the other version only (then this version lets nobody in)."""
+        if not self.allow:
+            return ()
+        mine = tuple(a for a in self.allow if (":" in a) == (version == 6))
+        return mine or None
 
     def describe(self) -> str:
         return self.ports() + (f" from {','.join(self.sources())}" if self.allow else "")
@@ -50,6 +58,7 @@ class GuestSpec(NamedTuple):
     forwards: tuple[Forward, ...]
     entries: int  # entries as written (a tcp+udp entry counts once), for the cap
     who: str  # for messages: "guest 101", or the file that `pvenat check --notes` read
+    ip6: str | None = None  # from "ip6:", else the NIC's static one or the prefix's (plan.py)
 
 
 def parse(vmid: int, description: str, tags: str, source: str = "") -> GuestSpec | None:
@@ -64,17 +73,18 @@ def parse(vmid: int, description: str, tags: str, source: str = "") -> GuestSpec
     tagged = _parse_tags(who, tags or "")
     if block is None and not tagged:
         return None
-    ip, forwards, entries = None, [], len(tagged)
+    ip = ip6 = None
+    forwards, entries = [], len(tagged)
     if block is not None:
-        ip, written = _parse_block(at, *block)
+        ip, ip6, written = _parse_block(at, *block)
         forwards += written[0]
         entries += written[1]
     for tag in tagged:
         forwards += tag
-    if not forwards and ip is None:
+    if not forwards and ip is None and ip6 is None:
         raise PvenatError("spec", f"{who}: its pvenat block lists no forwards; add "
                           "'forwards:' with entries such as '- 12222:22', or remove the block")
-    return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries, who)
+    return GuestSpec(vmid, ip, tuple(sorted(forwards)), entries, who, ip6)
 
 
 def _find_block(at, text):
@@ -138,12 +148,12 @@ def _parse_block(at, body, first_line):
                           "add 'forwards:' with entries such as '- 12222:22'")
     if not isinstance(root, yamlstrict.Map):
         raise PvenatError("spec", f"{at(root.line)}: the pvenat block needs keys "
-                          "'forwards:' (and optionally 'ip:')")
+                          "'forwards:' (and optionally 'ip:' and 'ip6:')")
     for key in root.items:
-        if key not in ("ip", "forwards"):
+        if key not in ("ip", "ip6", "forwards"):
             raise PvenatError("spec", f"{at(root.keys[key])}: unknown key {key!r}; "
-                              "the block takes 'ip' and 'forwards'")
-    ip = None
+                              "the block takes 'ip', 'ip6' and 'forwards'")
+    ip = ip6 = None
     if "ip" in root.items:
         node = root.items["ip"]
         try:
@@ -151,9 +161,16 @@ def _parse_block(at, body, first_line):
         except ValueError:
             raise PvenatError("spec", f"{at(node.line)}: ip: {_show(node)} is not "
                               "an IPv4 address; write it like 'ip: 172.22.161.170'") from None
+    if "ip6" in root.items:
+        node = root.items["ip6"]
+        try:
+            ip6 = str(ipaddress.IPv6Address(_text(node) or ""))
+        except ValueError:
+            raise PvenatError("spec", f"{at(node.line)}: ip6: {_show(node)} is not an IPv6 "
+                              "address; write it like 'ip6: 2001:db8:1:2::101'") from None
     node = root.items.get("forwards")
-    if node is None and ip is not None:  # an address for DHCP alone, no forwards
-        return ip, ([], 0)
+    if node is None and (ip or ip6):  # an address for DHCP alone, no forwards
+        return ip, ip6, ([], 0)
     if node is None:
         raise PvenatError("spec", f"{at(root.line)}: no 'forwards:' key; add one "
                           "with entries such as '- 12222:22'")
@@ -163,7 +180,7 @@ def _parse_block(at, body, first_line):
     forwards = []
     for item in node.items:
         forwards += _parse_entry(at, item)
-    return ip, (forwards, len(node.items))
+    return ip, ip6, (forwards, len(node.items))
 
 
 def _text(node) -> str | None:
@@ -238,24 +255,22 @@ def _expand(text, allow, origin, where):
 
 
 def _parse_allow(at, node):
+    """Source networks, IPv4 or IPv6: each family's rules take that family's sources."""
     items = node.items if isinstance(node, yamlstrict.Seq) else (node,)
     out = []
     for item in items:
         text = _text(item)
         try:
-            net = ipaddress.IPv4Network(text or "", strict=True)
+            net = ipaddress.ip_network(text or "", strict=True)
         except ValueError as e:
-            if ":" in (text or ""):
-                raise PvenatError("spec", f"{at(item.line)}: allow: {_show(item)} is IPv6; "
-                                  "pvenat forwards IPv4 only, so far: list IPv4 sources") \
-                    from None
             hint = ""
             try:
-                hint = f" (did you mean {ipaddress.IPv4Network(text, strict=False)}?)"
+                hint = f" (did you mean {ipaddress.ip_network(text, strict=False)}?)"
             except (ValueError, TypeError):
                 pass
             raise PvenatError("spec", f"{at(item.line)}: allow: {_show(item)} is "
-                              f"not an IPv4 address or network{hint}: {str(e)[:80]}") from None
+                              f"not an IPv4 or IPv6 address or network{hint}: "
+                              f"{str(e)[:80]}") from None
         out.append(str(net))
     if not out:
         raise PvenatError("spec", f"{at(node.line)}: 'allow' is empty, which would "
@@ -293,6 +308,7 @@ class Nic(NamedTuple):
     tagged_on: str  # the bridge named with a tag= that moved it elsewhere ("" if none)
     mac: str  # "" when the config names none
     ip: str  # its static IPv4 (LXC ip=, QEMU cloud-init ipconfigN), "" if none
+    ip6: str = ""  # its static IPv6 (LXC ip6=, cloud-init ipconfigN ip6=), "" if none
 
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
@@ -312,17 +328,27 @@ def nics(kind: str, config: dict) -> list[Nic]:
         bridge, tag = opts.get("bridge", ""), opts.get("tag", "")
         mac = opts.get("hwaddr", "") if kind == "lxc" else next(
             (v for k, v in opts.items() if _MAC.fullmatch(v)), "")
-        ip = opts.get("ip") if kind == "lxc" else _options(
-            config.get(f"ipconfig{m.group(1)}", "")).get("ip")
-        ip = ip.split("/")[0] if ip and ip not in ("dhcp", "manual") else ""
+        addresses = opts if kind == "lxc" else _options(config.get(f"ipconfig{m.group(1)}", ""))
+        ip, ip6 = (_static(addresses.get(key)) for key in ("ip", "ip6"))
         out.append(Nic(int(m.group(1)), f"{bridge}v{tag}" if tag else bridge,
-                       bridge if tag else "", mac.upper(), ip))
+                       bridge if tag else "", mac.upper(), ip, ip6))
     return out
+
+
+def _static(value) -> str:
+    """An address as PVE writes it (ADDRESS/LEN), without its length; "" for dhcp, auto
+    (SLAAC), manual or none (pve-container's and qemu-server's ip=/ip6= formats)."""
+    return value.split("/")[0] if value and value not in ("dhcp", "auto", "manual") else ""
 
 
 def nic_address(kind: str, config: dict, bridge: str) -> str | None:
     """The static IPv4 of the guest's NIC on ``bridge``: LXC ip=, QEMU cloud-init ipconfigN."""
     return next((n.ip for n in nics(kind, config) if n.bridge == bridge and n.ip), None)
+
+
+def nic_address6(kind: str, config: dict, bridge: str) -> str | None:
+    """The static IPv6 of the guest's NIC on ``bridge``: LXC ip6=, cloud-init ip6=."""
+    return next((n.ip6 for n in nics(kind, config) if n.bridge == bridge and n.ip6), None)
 
 
 def _options(value) -> dict:

@@ -14,6 +14,7 @@ import os
 from typing import NamedTuple
 
 from .. import files
+from ..ipv6 import Net
 from ..plan import Claim
 from ..rules import Public
 from . import parse, render
@@ -62,11 +63,17 @@ def load(state_dir: str):
     try:
         with open(os.path.join(state_dir, NAME), encoding="utf-8") as f:
             raw = json.load(f)
-        return Index(raw["public"] and Public(*raw["public"]),
+        return Index(raw["public"] and public_from(raw["public"]),
                      [Claim(*c) for c in raw["claims"]],
                      {a: int(v) for a, v in raw["addresses"].items()})
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def public_from(raw) -> Public:
+    """A Public as json.dumps wrote it: lists for tuples."""
+    ip, snat, *net6 = raw
+    return Public(ip, snat, Net(*net6[0]) if net6 and net6[0] else None)
 
 
 def save(state_dir: str, index: Index):

@@ -132,7 +132,7 @@ def base(host, public: Public) -> Tables:
         chains={INBOUND: (
             "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
             "-m conntrack --ctstate DNAT -j RETURN",
-            *(f"-s {net} -j RETURN" for net in host.allow_routed),
+            *(f"-s {net} -j RETURN" for net in host.allow_routed if ":" not in net),
             "-j DROP")},
         jumps=[("FORWARD", f"-d {lan} -i {host.wan_bridge} -j {INBOUND}")])
     # With br_netfilter, a packet bridged through a guest's firewall bridge meets

@@ -59,7 +59,10 @@ def test_full_config(tmp_path):
     ("a: &x 1\nb: *x", "aliases"),
     ("allow_routed: [198.51.100.1/24]", "'198.51.100.1/24' has host bits set; write the "
      "network, 198.51.100.0/24"),
-    ("allow_routed: [lan]", "'lan' is not an IPv4 network"),
+    ("allow_routed: [lan]", "'lan' is not a network"),
+    ("ipv6: {prefix: '2001:db8::/48'}", "is a /48; give one /64 of it"),
+    ("ipv6: {upstream: nd}", "use auto or routed or on-link"),
+    ("ipv6: maybe", "use true or false"),
 ])
 def test_bad_config_names_the_key(text, message, tmp_path):
     with pytest.raises(PvenatError) as e:

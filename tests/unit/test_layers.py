@@ -14,9 +14,9 @@ import pvehook
 
 LAYERS = [
     ("base", {"__init__", "errors", "files", "logs", "ports", "yamlstrict"}),
-    ("model", {"config", "spec", "plan", "leases"}),
+    ("model", {"config", "spec", "plan", "leases", "ipv6"}),
     ("adapters", {"rules", "iptables", "plancache", "pve", "pveapi", "pvesh", "pveconf",
-                  "hostnet", "dhcp"}),
+                  "hostnet", "dhcp", "neighbours"}),
     ("commands", {"context", "hook", "sync", "listing", "status", "cli", "__main__", "attach",
                   "install"}),
 ]

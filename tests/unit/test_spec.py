@@ -76,7 +76,7 @@ def test_tilde_fence_and_other_blocks_left_alone():
     (block("forwards: [10000"), "", "line 5: invalid YAML: while parsing a flow sequence that "
      "starts on line 4: did not find expected ',' or ']'"),
     (block("forwards:\n  - ports: 10000\n    allow: [10.0.0.1/8]"), "",
-     "allow: '10.0.0.1/8' is not an IPv4 address or network (did you mean 10.0.0.0/8?)"),
+     "allow: '10.0.0.1/8' is not an IPv4 or IPv6 address or network (did you mean 10.0.0.0/8?)"),
     (block("forwards:\n  - 10000/sctp"), "", "'10000/sctp' is not a forward"),
     (block("forwards: [1]\nforwards: [2]"), "", "key 'forwards' appears twice"),
     (block("forwarding: [10000]"), "", "unknown key 'forwarding'"),
