@@ -11,9 +11,10 @@ post-stop   remove the guest's rules and its tracked connections; never fails th
 import sys
 
 from . import config, dhcp, files, hostnet, leases, logs
-from .context import Places, context
+from .context import HOOKSCRIPT, Places, context
 from .errors import PvenatError
 from .plan import plan_for, summary
+from .spec import nics
 
 log = logs.get_logger("pvenat.hook")
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
@@ -95,20 +96,44 @@ def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
     return out
 
 
+def address6(guest, plan, net6, bridge: str) -> str | None:
+    """A managed guest's IPv6 address (its plan's; a guest with pvenat's hookscript and
+    a NIC on lan_bridge gets one too), None with ipv6 off or for a guest pvenat does not
+    manage."""
+    if net6 is None:
+        return None
+    if plan is not None:
+        return plan.address6
+    if guest.config.get("hookscript") != HOOKSCRIPT or not any(
+            n.bridge == bridge for n in nics(guest.kind, guest.config)):
+        return None
+    from .ipv6 import address
+
+    return address(guest.vmid, guest.kind, guest.config, None, net6, bridge)
+
+
 def pre_start(ctx, vmid):
-    """The guest's rules and its DHCP lease, both checked before either is changed."""
+    """The guest's rules, its DHCP lease and its IPv6 route, all checked before any is
+    changed."""
     guest = load_guest(ctx, vmid)
-    plan = plan_for(guest, ctx.host)
+    net6 = hostnet.ipv6_net(ctx.host)
+    plan = plan_for(guest, ctx.host, net6=net6)
     mine = leases.leases_for(guest, plan, ctx.host)
-    if plan is None and not mine:
+    ip6 = address6(guest, plan, net6, ctx.host.lan_bridge)
+    if plan is None and not mine and ip6 is None:
         return ""
     forwards = plan is not None and bool(plan.forwards)
     public = hostnet.public(ctx.host) if forwards else None
     with files.locked(ctx.places.lock_path):
         held = dhcp.read(ctx.places) if mine else []
         leases.Holders(held).check(mine)
+        routes = neighbours(ctx, net6) if ip6 else None
+        if routes:
+            routes.check(vmid, ip6)
         rules = ctx.rules
         script = (rules.start(plan, public) if forwards else rules.stop(vmid)).text
+        if routes:
+            routes.start(vmid, ip6)
         released = []
         if mine:
             dhcp.write(ctx.places, [lease for lease in held if lease.vmid != vmid] + mine)
@@ -119,13 +144,24 @@ def pre_start(ctx, vmid):
                 released = dhcp.settle(ctx.host, ctx.places)
             except PvenatError as e:
                 log.warning("dhcp.release_failed", vmid=vmid, error=e.message)
-    log.info("guest.started", vmid=vmid, address=mine[0].ip if mine else plan.address,
-             changed=bool(script), leases=[lease.mac for lease in mine],
+    log.info("guest.started", vmid=vmid,
+             address=mine[0].ip if mine else plan.address if plan else None,
+             address6=ip6, changed=bool(script), leases=[lease.mac for lease in mine],
              released=[f"{mac} {ip}" for mac, ip in released],
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards] if plan else [])
     if forwards:
-        return summary(plan, public.ip)
-    return f"pvenat: {vmid}: DHCP lease {mine[0].ip} for {', '.join(m.mac for m in mine)}"
+        line = summary(plan, public.ip)
+    elif mine:
+        line = f"pvenat: {vmid}: DHCP lease {mine[0].ip} for {', '.join(m.mac for m in mine)}"
+    else:
+        return f"pvenat: {vmid}: IPv6 {ip6}"
+    return f"{line}; IPv6 {ip6}" if ip6 else line
+
+
+def neighbours(ctx, net6):
+    from .neighbours import Neighbours  # with ipv6 on alone
+
+    return Neighbours(ctx.host, net6, ctx.places.state_dir)
 
 
 def post_start(ctx, vmid):
@@ -140,14 +176,19 @@ def post_start(ctx, vmid):
 
 
 def post_stop(ctx, vmid):
-    """Remove the guest's rules. Errors are reported, never raised: the guest is down."""
+    """Remove the guest's rules and IPv6 route. Errors are reported, never raised: the
+    guest is down."""
     try:
         rules = ctx.rules
         had = rules.guest(vmid)
-        if had is None:
+        routes = neighbours(ctx, None) if ctx.host.ipv6 else None
+        routed = routes is not None and vmid in routes.state().guests
+        if had is None and not routed:
             return ""
         with files.locked(ctx.places.lock_path):
-            script = rules.stop(vmid).text
+            script = rules.stop(vmid).text if had is not None else ""
+            if routed:
+                routes.stop(vmid)
         if script and had.address:
             try:
                 rules.forget(hostnet.public(ctx.host), had.address)
@@ -157,7 +198,8 @@ def post_stop(ctx, vmid):
         message = error_text(e)
         log.error("guest.stop_failed", vmid=vmid, error=message)
         return f"pvenat: {vmid}: WARNING: rules not removed: {message}; run 'pvenat sync'"
-    if not script:
+    if not script and not routed:
         return ""
     log.info("guest.stopped", vmid=vmid)
-    return f"pvenat: {vmid}: forwards removed"
+    done = ["forwards removed"] if script else []
+    return f"pvenat: {vmid}: {' and '.join(done + (['IPv6 route removed'] if routed else []))}"

@@ -84,5 +84,3 @@ def address(vmid: int, kind: str, config: dict, spec_ip6: str | None, net: Net,
                           f"{net.lan_address}); use one there, such as "
                           f"{derived(net, vmid)}, or remove it for that one")
     return str(ip)
-
-

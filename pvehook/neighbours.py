@@ -15,7 +15,6 @@ Added at pre-start, removed at post-stop, reconciled by sync, like the rules; on
 difference is changed, in one ``ip -batch``.
 """
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -28,7 +27,10 @@ from .ipv6 import Net
 # The route protocol that marks pvenat's routes (iproute2's rt_protos leaves it free):
 # reading back "ours" never looks at anything else.
 ROUTE_PROTO = 220
-STATE = "ipv6.json"  # VMID -> address of the guests whose entries are in the kernel
+# What pvenat put in the kernel besides its marked routes: which guest has which address
+# (a post-stop needs neither PVE nor the prefix) and the host's lan address. A proxy
+# entry or an address pvenat did not record is never taken out: it is the admin's.
+STATE = "ipv6.json"
 
 
 class Entries(NamedTuple):
@@ -67,81 +69,107 @@ def batch(have: Entries, want: Entries, lan_bridge: str, wan_bridge: str) -> str
     return "".join(line + "\n" for line in lines)
 
 
+class State(NamedTuple):
+    guests: dict  # VMID -> address
+    lan: str | None  # the host's address on lan_bridge (ADDRESS/64), as pvenat added it
+
+
 class Neighbours:
-    """The kernel's side: the host's address on lan_bridge, pvenat's /128 routes (its
-    route protocol), the proxy entries inside the prefix, and in the routed case the
-    prefix's unreachable route; which guest has which address is kept in STATE, so that
-    a post-stop needs neither PVE nor the prefix."""
+    """Start, stop and reconcile the kernel's entries for the guests (ipv6.Net ``net``;
+    None with ipv6 off: then sync takes out what pvenat had put there)."""
 
     def __init__(self, host, net: Net | None, state_dir: str):
-        self.host, self.net, self.state_dir = host, net, state_dir
+        self.host, self.net = host, net
+        self.path = os.path.join(state_dir, STATE)
 
-    def held(self) -> dict[int, str]:
+    def state(self) -> State:
         try:
-            with open(os.path.join(self.state_dir, STATE), encoding="utf-8") as f:
-                return {int(v): a for v, a in json.load(f).items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
+            with open(self.path, encoding="utf-8") as f:
+                raw = json.load(f)
+            return State({int(v): a for v, a in raw["guests"].items()}, raw["lan"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return State({}, None)
 
-    def start(self, vmid: int, address: str) -> str:
-        held = self.held()
+    def check(self, vmid: int, address: str):
+        """Refused ('conflict') when a guest running here has the address."""
+        held = self.state().guests
         other = next((v for v, a in held.items() if a == address and v != vmid), None)
         if other is not None:
             raise PvenatError("conflict", f"guest {vmid}: IPv6 address {address} is "
                               f"already routed to guest {other}, which is running on this "
                               "node; give one of them another address (or run 'pvenat "
                               f"sync' if {other} is no longer running here)")
-        return self.update({**held, vmid: address})
+
+    def start(self, vmid: int, address: str) -> str:
+        """The guest's route (and proxy entry), after check()."""
+        return self.update({**self.state().guests, vmid: address})
 
     def stop(self, vmid: int) -> str:
-        held = self.held()
-        if vmid not in held:
+        """The guest's entries gone; the rest as it is (no prefix needed)."""
+        state = self.state()
+        address = state.guests.pop(vmid, None)
+        if address is None:
             return ""
-        del held[vmid]
-        return self.update(held)
+        have = self._read(set(state.guests.values()) | {address})
+        want = have._replace(routes=have.routes - {address},
+                             proxies=have.proxies - {address})
+        script = batch(have, want, self.host.lan_bridge, self.host.wan_bridge)
+        if script:
+            run_batch(script)
+        self._save(state)
+        return script
 
-    def update(self, wanted: dict[int, str]) -> str:
+    def update(self, wanted: dict[int, str], dry_run: bool = False) -> str:
         """The kernel's entries as ``wanted`` ({VMID: address}) needs them, the host's
-        own parts included; returns what was changed ('' when nothing)."""
-        host, net = self.host, self.net
-        have = self.read()
-        want = entries(net, wanted.values()) if net else NONE
-        script = self._lan() + batch(have, want, host.lan_bridge, host.wan_bridge)
-        if wanted != self.held():
-            files.write_atomic(os.path.join(self.state_dir, STATE), json.dumps(
-                {str(v): a for v, a in sorted(wanted.items())}))
+        lan address included; returns the ip -batch applied (or, dry run, to apply; ''
+        when nothing differs)."""
+        state = self.state()
+        if self.net is None and not state.guests and state.lan is None:
+            return ""  # ipv6 off, and nothing of pvenat's to take out
+        have = self._read(set(state.guests.values()) | set(wanted.values()))
+        want = entries(self.net, wanted.values()) if self.net else NONE
+        lan = f"{self.net.lan_address}/64" if self.net else None
+        script = self._lan(state.lan, lan) + batch(have, want, self.host.lan_bridge,
+                                                   self.host.wan_bridge)
+        new = State(dict(sorted(wanted.items())), lan)
+        if dry_run:
+            return script
+        if new != state:  # recorded first: a run killed halfway leaves more, not less
+            self._save(new)
         if script:
             run_batch(script)
         return script
 
-    def _lan(self) -> str:
-        """The host's address on lan_bridge, when it is not there: the guests' router,
-        DNS server, and the address dnsmasq builds its DHCPv6 range and router
-        advertisements from (--dhcp-range=::,constructor:BRIDGE)."""
-        if self.net is None:
-            return ""
-        lan = f"{self.net.lan_address}/64"
-        if lan in self._lan_addresses():
-            return ""
-        return f"-6 address replace {lan} dev {self.host.lan_bridge} noprefixroute nodad\n"
-
-    def read(self):
-        routes = _ip_json("-6", "route", "show", "proto", str(ROUTE_PROTO))
-        mine = frozenset(r["dst"].split("/")[0] for r in routes
-                         if r.get("dev") == self.host.lan_bridge)
-        proxies = frozenset()
-        if self.net is not None:
-            prefix = self.net.network
-            proxies = frozenset(p["dst"] for p in _ip_json(
-                "-6", "neigh", "show", "proxy", "dev", self.host.wan_bridge)
-                if ipaddress.IPv6Address(p["dst"]) in prefix)
-        return Entries(mine, proxies, frozenset(
-            r["dst"] for r in routes if r.get("type") == "unreachable"))
-
-    def _lan_addresses(self) -> set:
-        return {f"{a['local']}/{a['prefixlen']}" for iface in _ip_json(
+    def _lan(self, was: str | None, lan: str | None) -> str:
+        """The host's address on lan_bridge: the guests' router, DNS server, and what
+        dnsmasq builds its DHCPv6 range and router advertisements from
+        (--dhcp-range=::,constructor:BRIDGE)."""
+        have = {f"{a['local']}/{a['prefixlen']}" for iface in _ip_json(
             "-6", "addr", "show", "dev", self.host.lan_bridge)
             for a in iface.get("addr_info", [])}
+        out = ""
+        if was and was != lan and was in have:
+            out += f"-6 address del {was} dev {self.host.lan_bridge}\n"
+        if lan and lan not in have:
+            out += f"-6 address replace {lan} dev {self.host.lan_bridge} noprefixroute " \
+                "nodad\n"
+        return out
+
+    def _read(self, known: set) -> Entries:
+        """pvenat's entries in the kernel: its marked routes, and the proxy entries for
+        ``known`` addresses (the only ones it may take out)."""
+        routes = _ip_json("-6", "route", "show", "proto", str(ROUTE_PROTO))
+        proxies = {p["dst"] for p in _ip_json("-6", "neigh", "show", "proxy", "dev",
+                                              self.host.wan_bridge)}
+        return Entries(
+            frozenset(r["dst"].split("/")[0] for r in routes
+                      if r.get("dev") == self.host.lan_bridge),
+            frozenset(proxies & known),
+            frozenset(r["dst"] for r in routes if r.get("type") == "unreachable"))
+
+    def _save(self, state: State):
+        files.write_atomic(self.path, json.dumps(
+            {"guests": {str(v): a for v, a in state.guests.items()}, "lan": state.lan}))
 
 
 def run_batch(script: str):

@@ -8,9 +8,10 @@ backend's own syntax, to show a person. Refusals are PvenatErrors with a code
 ('conflict' when another running guest holds a plan's ports or address).
 
 Rendering, reading the kernel back, the port tree, the index of what was written and
-the restore live in one backend (pvehook/iptables/: iptables-legacy, IPv4). Another
-family or another backend is one more implementation of ``Backend``, given by
-``backend()``; nothing else changes.
+the restore live in one backend (pvehook/iptables/: iptables-legacy for IPv4 and
+ip6tables-legacy for IPv6, both families behind each verb). Another backend (nftables)
+is one more implementation of ``Backend``, given by ``backend()``; nothing else
+changes.
 
 Every verb that writes expects the caller to hold pvenat's lock (files.locked on
 Places.lock_path): a hook's rules and DHCP lease change under one lock.
@@ -129,9 +130,9 @@ class Backend(Protocol):
 
 
 def backend(host, places, kernel=None) -> Backend:
-    """The configured backend: iptables (IPv4). ``kernel`` stands in for the backend's
-    own access to the kernel (the unit tests' in-memory kernel). Imported when asked:
-    a hook pays only for what it uses."""
+    """The configured backend: iptables (IPv4 and IPv6). ``kernel`` stands in for the
+    backend's own access to the kernel (the unit tests' in-memory kernel). Imported when
+    asked: a hook pays only for what it uses."""
     from .iptables.backend import IptablesBackend
 
     return IptablesBackend(host, places.state_dir, kernel)

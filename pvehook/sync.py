@@ -13,7 +13,7 @@ bridge ports, as post-start sets them up).
 import json
 import os
 
-from . import __version__, dhcp, files, hostnet, leases, logs, plancache
+from . import __version__, dhcp, files, hook, hostnet, leases, logs, plancache
 from .rules import Wanted
 from .context import HOOKSCRIPT
 from .errors import PvenatError
@@ -36,6 +36,7 @@ class SyncResult:
         self.reserved = []  # and the addresses reserved in dhcp_range then
         self.released = []  # (MAC, address) of stale leases the DHCP server was told to drop
         self.dhcp_problem = ""  # why it could not be told
+        self.routes = ""  # the IPv6 routes and neighbour answers changed (ip -batch)
 
     def lines(self, node: str, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""
@@ -49,6 +50,8 @@ class SyncResult:
             (f"{would}removed (not running on {node})", self.removed)) if vmids]
         if self.script and not changes:
             changes = [f"base rules {would}repaired"]
+        if self.routes:
+            changes.append(f"IPv6 routes {would}changed ({self.routes.count(chr(10))})")
         if self.hairpin:
             changes.append(f"hairpin {would}turned on for {', '.join(self.hairpin)}")
         if self.leases is not None:
@@ -72,6 +75,8 @@ class Planned:
         self.plans = {}  # VMID -> GuestPlan
         self.broken = set()  # VMIDs whose config could not be read or planned
         self.leases = []  # the leases of the guests here that have the hookscript
+        self.net6 = None  # the guests' IPv6 network (ipv6.Net), None with ipv6 off
+        self.addresses6 = {}  # VMID -> IPv6 address of the managed guests running here
 
 
 def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
@@ -79,13 +84,16 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
     with DHCP on, the leases of every guest here that has pvenat's hookscript, running or
     not (a guest keeps its address when it stops)."""
     host = ctx.host
+    net6 = hostnet.ipv6_net(host)
     cache_path = os.path.join(ctx.places.state_dir, "plans.json")
-    cached, fresh, host_key = plancache.load(cache_path), {}, plancache.host_key(host)
+    cached, fresh = plancache.load(cache_path), {}
+    host_key = plancache.host_key(host, net6)
     seen = ctx.pve.running()
     # Running here means PVE's devices for it are here: the API's status comes from
     # pvestatd, seconds late, and would bring back a guest whose post-stop just ran.
     listed = ctx.pve.guests()
     out = Planned({i.vmid: i.kind for i in listed if i.vmid in seen}, seen)
+    out.net6 = net6
     for info in listed:
         running = info.vmid in out.running
         if not running and not host.dhcp:
@@ -94,9 +102,14 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
         try:
             guest = ctx.pve.guest(info.vmid, info.kind)
             key = plancache.fingerprint(host_key, guest)
-            fresh[key] = plan = cached[key] if key in cached else plan_for(guest, host)
+            fresh[key] = plan = cached[key] if key in cached else plan_for(guest, host,
+                                                                           net6=net6)
             if plan is not None and running:
                 out.plans[info.vmid] = plan
+            if running and net6 is not None:
+                address = hook.address6(guest, plan, net6, host.lan_bridge)
+                if address:
+                    out.addresses6[info.vmid] = address
         except PvenatError as e:
             if running:
                 result.problems[info.vmid] = e.message
@@ -144,6 +157,33 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
             LastSync(done.record, done.refused).save(places.state_dir)
     if host.dhcp:
         apply_leases(ctx, planned.leases, result, dry_run)
+    apply_routes(ctx, planned, result, dry_run)
+
+
+def apply_routes(ctx, planned: Planned, result: SyncResult, dry_run: bool):
+    """The IPv6 routes and neighbour answers of the managed guests running here (none
+    with ipv6 off). A guest whose address another has already is left out, and
+    reported; a guest running here that the listing does not show (a live migration's
+    target) or whose config cannot be read keeps what its pre-start gave it."""
+    from .neighbours import Neighbours
+
+    routes = Neighbours(ctx.host, planned.net6, ctx.places.state_dir)
+    held = routes.state().guests
+    here = ctx.pve.running()
+    want = {v: a for v, a in held.items()
+            if v in here and (v not in planned.running or v in planned.broken)}
+    owners = {a: v for v, a in want.items()}
+    for vmid in sorted(planned.addresses6, key=lambda v: (v not in held, v)):
+        address = planned.addresses6[vmid]
+        if vmid not in here:
+            continue
+        if address in owners:
+            result.problems[vmid] = (f"IPv6 address {address} is routed to guest "
+                                     f"{owners[address]} already; give one of them "
+                                     "another address")
+            continue
+        owners[address], want[vmid] = vmid, address
+    result.routes = routes.update(want, dry_run)
 
 
 class LastSync:
@@ -216,7 +256,7 @@ def sync(ctx, dry_run: bool = False) -> SyncResult:
         result.hairpin = hostnet.ensure_ports(ctx.host.lan_bridge, None, ctx.places,
                                               dry_run)
     if result.script or result.problems or result.hairpin or result.leases is not None \
-            or result.released or result.dhcp_problem:
+            or result.released or result.dhcp_problem or result.routes:
         log.info("sync.done", dry_run=dry_run, added=result.added, updated=result.updated,
                  removed=result.removed, problems=sorted(result.problems),
                  changed=bool(result.script),

@@ -3,15 +3,17 @@ iptables-restore --noflush scripts the real one gets. Stands in for
 iptables.kernel.Iptables (read, apply, has_chain, counters) behind the rules seam, so
 that hooks and sync run in process, without root."""
 
-from pvehook.iptables import render
+from pvehook.iptables import render, render6
 from pvehook.iptables.kernel import KernelRefused
 
 
 class MemKernel:
-    def __init__(self):
-        self.tables = {t: render.Table() for t in render.TABLES}
+    def __init__(self, tables=render.TABLES):
+        self.tables = {t: render.Table() for t in tables}
         self.applied = []  # every script, in order
         self.forgotten = []  # guest addresses whose tracked connections were dropped
+        # ip6tables, as the backend's IPv6 side reads and writes it
+        self.six = MemKernel(render6.TABLES) if tables == render.TABLES else None
 
     def read(self):
         """As the real kernel reads back: a jump is first when no rule comes before it
@@ -66,9 +68,9 @@ class MemKernel:
                 table.chains[words[1]] = ()
             elif words[0] == "-X":
                 self._need(table, words[1], line)
-                target = f"-j {words[1]}"
-                if any(r.endswith(target) for rules in table.chains.values() for r in rules) \
-                        or any(spec.endswith(target) for _, spec in table.jumps):
+                targets = (f"-j {words[1]}", f"-g {words[1]}")
+                if any(r.endswith(targets) for rules in table.chains.values() for r in rules) \
+                        or any(spec.endswith(targets) for _, spec in table.jumps):
                     raise KernelRefused("iptables-restore", f"chain in use: {line}")
                 del table.chains[words[1]]
             else:

@@ -1,9 +1,15 @@
-"""The iptables backend (IPv4, iptables-legacy): rules.Backend's verbs on render, parse,
-the index and the kernel. The only module that knows all four.
+"""The iptables backend (iptables-legacy and ip6tables-legacy): rules.Backend's verbs on
+render, parse, the index and the kernel. The only module that knows all four.
 
-A hook's change is built on the index (index.py) when there is one for its public
+IPv4: a hook's change is built on the index (index.py) when there is one for its public
 address, and from the kernel when there is none or the kernel refuses a change built on
 it; sync and install read the kernel and drop the index while they change it.
+
+IPv6 (Ip6, render6.py): every change reads ip6tables' mangle and filter back, renders
+what pvenat wants there and writes the difference. A guest's IPv6 rules are written
+before its IPv4 ones and taken out again when IPv4 refuses, so a refused start leaves
+nothing behind. With ipv6 off, hooks leave IPv6 alone; sync, install and uninstall take
+out what an earlier ipv6 setting left (when the host has ip6tables at all).
 """
 
 import os
@@ -12,7 +18,7 @@ from .. import logs
 from ..errors import PvenatError
 from ..plan import Held
 from ..rules import Applied, ForwardLive, GuestHeld, GuestLive, Reconciled
-from . import index, kernel as kernels, parse, render
+from . import index, kernel as kernels, parse, render, render6
 
 log = logs.get_logger("pvenat.hook")
 
@@ -21,16 +27,29 @@ class IptablesBackend:
     def __init__(self, host, state_dir: str, kernel=None):
         self.host = host
         self.state_dir = state_dir
-        # read() / apply() / has_chain() / counters() / forget_connections()
+        # read() / apply() / has_chain() / counters() / forget_connections(), and .six,
+        # the same for ip6tables (read() / apply())
         self.kernel = kernels.Iptables() if kernel is None else kernel
+        self.six = Ip6(host, kernels.Iptables.ipv6() if kernel is None else kernel.six)
 
     # --- one guest: the hooks ----------------------------------------------------------
 
     def start(self, plan, public) -> Applied:
-        return Applied(self._change_guest(plan.vmid, plan, public))
+        if self.host.ipv6 is None:
+            return Applied(self._change_guest(plan.vmid, plan, public))
+        six = self.six.change(plan.vmid, plan, public.net6)
+        try:
+            text = self._change_guest(plan.vmid, plan, public)
+        except PvenatError:
+            if six:
+                self.six.change(plan.vmid, None, public.net6)
+            raise
+        return Applied(joined(text, six))
 
     def stop(self, vmid) -> Applied:
-        return Applied(self._change_guest(vmid, None, None))
+        text = self._change_guest(vmid, None, None)
+        six = self.six.change(vmid, None, None) if self.host.ipv6 else ""
+        return Applied(joined(text, six))
 
     def guest(self, vmid):
         known = index.load(self.state_dir)
@@ -50,11 +69,14 @@ class IptablesBackend:
 
     def preview(self, plan, public) -> Applied:
         current = self.kernel.read()
-        return Applied(render.restore_script(
-            current, self._start_change(plan, public)(current)[0]))
+        six = self.six.change(plan.vmid, plan, public.net6, dry_run=True) \
+            if self.host.ipv6 else ""
+        return Applied(joined(render.restore_script(
+            current, self._start_change(plan, public)(current)[0]), six))
 
     def rule_text(self, plan) -> list[str]:
-        return list(render.guest_rules(plan))
+        six = render6.guest_rules(plan) if plan.address6 and plan.forwards else ()
+        return [*render.guest_rules(plan), *(f"(IPv6) {rule}" for rule in six)]
 
     def _start_change(self, plan, public):
         """The change a start makes, for kernel.update: refused when another guest holds
@@ -133,7 +155,7 @@ class IptablesBackend:
         out = {}
 
         def change(current):
-            wanted = decide(parse.managed_guests(current))
+            wanted = out["wanted"] = decide(parse.managed_guests(current))
             if last and last == digest(wanted.inputs, current, heads):
                 # The kernel is as the last sync left it, and nothing that sync decided
                 # from has changed: it would decide the same again.
@@ -149,31 +171,41 @@ class IptablesBackend:
         if dry_run:
             current = self.kernel.read()
             script = render.restore_script(current, change(current)[0])
-            return out["result"]._replace(text=script)
-        script, held = kernels.update(self.kernel, change)
-        if held:
-            index.save(self.state_dir, index.Index(public, held.all_claims(), held.addresses))
-        return out["result"]._replace(text=script)
+        else:
+            script, held = kernels.update(self.kernel, change)
+            if held:
+                index.save(self.state_dir,
+                           index.Index(public, held.all_claims(), held.addresses))
+        result = out["result"]
+        refused = dict(result.refused)
+        six = self.six.reconcile(public.net6, out["wanted"], result.forwarded, refused,
+                                 dry_run)
+        return result._replace(text=joined(script, six), refused=refused)
 
     # --- the host: install, uninstall, status -----------------------------------------
 
     def install(self, public, dry_run=False) -> Applied:
-        return self._whole(lambda current: render.with_base(current, self.host, public),
+        text = self._whole(lambda current: render.with_base(current, self.host, public),
                            dry_run)
+        return Applied(joined(text, self.six.whole(public.net6, dry_run)))
 
     def uninstall(self, dry_run=False) -> Applied:
         empty = {t: render.Table() for t in render.TABLES}
-        return self._whole(lambda current: empty, dry_run)
+        return Applied(joined(self._whole(lambda current: empty, dry_run),
+                              self.six.whole(None, dry_run)))
 
-    def _whole(self, wanted, dry_run) -> Applied:
+    def _whole(self, wanted, dry_run) -> str:
         if dry_run:
             current = self.kernel.read()
-            return Applied(render.restore_script(current, wanted(current)))
+            return render.restore_script(current, wanted(current))
         index.drop(self.state_dir)
-        return Applied(kernels.update(self.kernel, lambda current: (wanted(current), None))[0])
+        return kernels.update(self.kernel, lambda current: (wanted(current), None))[0]
 
     def base_missing(self, public) -> list[str]:
-        return render.base_missing(self.kernel.read(), self.host, public)
+        missing = render.base_missing(self.kernel.read(), self.host, public)
+        if public.net6 is not None:
+            missing += self.six.base_missing(public.net6)
+        return missing
 
     def live(self) -> "LiveRules":
         return LiveRules(self.kernel.read(), self.kernel.counters())
@@ -201,6 +233,113 @@ class LiveRules:
         stale = [(rule, self.counters.get((chain, rule), 0)) for rule in live or ()
                  if rule not in planned]
         return GuestLive(forwards, stale)
+
+
+def joined(text: str, six: str) -> str:
+    """Both families' scripts, to show: IPv6's marked, for ip6tables-restore."""
+    return text + (f"# IPv6 (ip6tables-restore)\n{six}" if six else "")
+
+
+class Ip6:
+    """pvenat's ip6tables rules (render6.py): each change reads the kernel back."""
+
+    def __init__(self, host, kernel):
+        self.host, self.kernel = host, kernel
+
+    def change(self, vmid, plan, net6, dry_run=False) -> str:
+        """One guest's rules as ``plan`` says (None: gone); refused ('conflict') when a
+        running guest has the plan's address. Returns the script applied."""
+        def change(current):
+            guests = render6.read_guests(current)
+            guests.pop(vmid, None)
+            if plan is not None and plan.address6 and plan.forwards:
+                owner = next((v for v, (a, _) in guests.items() if a == plan.address6), None)
+                if owner is not None:
+                    raise PvenatError("conflict", f"guest {vmid}: IPv6 address "
+                                      f"{plan.address6} is already opened to guest {owner}, "
+                                      "which is running on this node; give one of them "
+                                      f"another address (or run 'pvenat sync' if {owner} is "
+                                      "no longer running here)")
+                guests[vmid] = (plan.address6, render6.guest_rules(plan))
+            return self._wanted(current, net6, guests, keep_base=plan is None), None
+        return self._update(change, dry_run)
+
+    def reconcile(self, net6, wanted, forwarded, refused: dict, dry_run) -> str:
+        """After IPv4's reconcile: the IPv6 rules of the guests it forwards, planned
+        (``wanted.plans``) or kept as the kernel has them; a guest whose IPv6 address
+        another guest has already is left out, and added to ``refused``."""
+        if net6 is None and self.host.ipv6 is None and not self._present():
+            return ""
+
+        def change(current):
+            have = render6.read_guests(current)
+            guests, owners = {}, {}
+            for vmid in sorted(forwarded, key=lambda v: (v not in have, v)):
+                plan = wanted.plans.get(vmid)
+                if plan is None or vmid in refused:
+                    entry = have.get(vmid)
+                elif plan.address6 and plan.forwards and net6 is not None:
+                    entry = (plan.address6, render6.guest_rules(plan))
+                else:
+                    entry = None
+                if entry is None:
+                    continue
+                if entry[0] in owners:
+                    refused[vmid] = (f"IPv6 address {entry[0]} is already opened to guest "
+                                     f"{owners[entry[0]]}; give one of them another address")
+                    continue
+                owners[entry[0]] = vmid
+                guests[vmid] = entry
+            return self._wanted(current, net6, guests), None
+        return self._update(change, dry_run)
+
+    def whole(self, net6, dry_run) -> str:
+        """install (the base, guests kept) and uninstall (net6 None: all gone)."""
+        if net6 is None and not self._present():
+            return ""
+        return self._update(lambda current: (self._wanted(
+            current, net6, render6.read_guests(current)), None), dry_run)
+
+    def base_missing(self, net6) -> list[str]:
+        current = self.kernel.read()
+        wanted = render6.desired(self.host, net6, render6.read_guests(current))
+        out = []
+        for t in render6.TABLES:
+            have, want = current[t], wanted[t]
+            out += [f"ip6 {t} {c}" for c, rules in want.chains.items()
+                    if not render.is_guest_chain(c) and have.chains.get(c) != rules]
+            out += [f"ip6 {t} {chain} jump {spec.rsplit(' ', 1)[-1]}"
+                    for chain, spec in want.jumps if (chain, spec) not in have.jumps]
+            out += [f"ip6 {t} {chain} jump {spec.rsplit(' ', 1)[-1]} (not first)"
+                    for chain, spec in want.first
+                    if (chain, spec) in have.jumps and (chain, spec) not in have.first]
+        return out
+
+    def _wanted(self, current, net6, guests, keep_base=False):
+        """What ``guests`` need: with ``net6``, the base as it says; without, the base
+        as the kernel has it (``keep_base``: a stop) or nothing."""
+        if net6 is None:
+            return render6.with_guests(current, guests) if keep_base else {
+                t: render.Table() for t in render6.TABLES}
+        wanted = render6.desired(self.host, net6, guests)
+        for t in render6.TABLES:
+            wanted[t].jumps = render.merge_jumps(current[t].jumps, wanted[t].jumps)
+        return wanted
+
+    def _update(self, change, dry_run) -> str:
+        if dry_run:
+            current = self.kernel.read()
+            return render.restore_script(current, change(current)[0], render6.TABLES)
+        return kernels.update(self.kernel, change, render6.TABLES)[0]
+
+    def _present(self) -> bool:
+        """Whether the kernel has any of pvenat's IPv6 rules: with ipv6 off, a host
+        without ip6tables (or IPv6) has none to take out."""
+        try:
+            current = self.kernel.read()
+        except PvenatError:
+            return False
+        return any(current[t].chains or current[t].jumps for t in render6.TABLES)
 
 
 def running_here(current) -> Held:

@@ -24,21 +24,29 @@ class Iptables:
     and counters() can stand in (the unit tests' in-memory kernel)."""
 
     def __init__(self, save="iptables-legacy-save", restore="iptables-legacy-restore",
-                 iptables="iptables-legacy", wait_seconds=30):
+                 iptables="iptables-legacy", wait_seconds=30, tables=render.TABLES):
         self.save = save
         self.restore = restore
         self.iptables = iptables
         self.wait_seconds = wait_seconds
+        self.tables = tables
+
+    @classmethod
+    def ipv6(cls) -> "Iptables":
+        from . import render6
+
+        return cls("ip6tables-legacy-save", "ip6tables-legacy-restore", "ip6tables-legacy",
+                   tables=render6.TABLES)
 
     def read(self) -> render.Tables:
-        """pvenat's part of nat and filter, from one iptables-save of all tables."""
+        """pvenat's part of its tables, from one iptables-save of all tables."""
         text = self._run([self.save])
         tables = {}
         for block in text.split("\n*")[1:]:
             name, _, body = block.partition("\n")
-            if name in render.TABLES:
+            if name in self.tables:
                 tables[name] = parse_save(body)
-        return {t: tables.get(t) or render.Table() for t in render.TABLES}
+        return {t: tables.get(t) or render.Table() for t in self.tables}
 
     def has_chain(self, table: str, chain: str) -> bool:
         """Whether the chain exists, without listing every rule of the table (a hook for
@@ -98,7 +106,7 @@ class KernelRefused(PvenatError):
             in self.stderr
 
 
-def update(kernel, change):
+def update(kernel, change, tables=render.TABLES):
     """Read the kernel, let ``change(current)`` return (wanted tables, what it decided),
     apply the difference. Returns (the script applied, what it decided); the script is
     empty when the kernel already matched.
@@ -109,7 +117,7 @@ def update(kernel, change):
     for attempt in range(_RETRIES):
         current = kernel.read()
         wanted, decided = change(current)
-        script = render.restore_script(current, wanted)
+        script = render.restore_script(current, wanted, tables)
         if not script:
             return "", decided
         try:

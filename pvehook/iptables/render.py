@@ -155,7 +155,7 @@ def guest_rules(plan: GuestPlan) -> tuple:
 
 
 def forward_rules(address: str, f) -> list[str]:
-    """The DNAT rules of one forward: one rule, or one per allowed source."""
+    """The DNAT rules of one forward: one rule, or one per allowed IPv4 source."""
     if f.guest == f.public:
         to = address
     elif f.guest[0] == f.guest[1]:
@@ -163,7 +163,8 @@ def forward_rules(address: str, f) -> list[str]:
     else:  # shifted port map: public lo..hi to guest lo..hi, port by port
         to = f"{address}:{f.guest[0]}-{f.guest[1]}/{f.public[0]}"
     match = f"{port_match(f.proto, *f.public)} -j DNAT --to-destination {to}"
-    return [f"-s {src} {match}" for src in f.allow] if f.allow else [match]
+    sources = f.allow_family(4)  # None: IPv6 sources only, closed on IPv4
+    return [] if sources is None else [f"-s {src} {match}" for src in sources] or [match]
 
 
 def dispatch(claims, touched=None) -> dict:
@@ -357,7 +358,7 @@ def _held(current: Tables) -> list[Claim]:
     return held_claims(current)
 
 
-def restore_script(current: Tables, wanted: Tables) -> str:
+def restore_script(current: Tables, wanted: Tables, tables=TABLES) -> str:
     """The iptables-restore --noflush input that turns ``current`` into ``wanted``.
 
     Only chains whose rules differ are rewritten (a declared chain is flushed first);
@@ -367,7 +368,7 @@ def restore_script(current: Tables, wanted: Tables) -> str:
     Each table is one atomic commit.
     """
     out = []
-    for t in TABLES:
+    for t in tables:
         have, want = current[t], wanted[t]
         changed = [c for c in want.chains if have.chains.get(c) != want.chains[c]]
         gone = [c for c in have.chains if c not in want.chains]
