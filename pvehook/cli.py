@@ -154,7 +154,7 @@ def cmd_check(args, ctx) -> int:
             raise PvenatError("pve", f"{elsewhere}, so guest {vmid}'s config is not here; "
                               "check its Notes with --notes FILE")
         guest = hook.load_guest(ctx, vmid)
-        plan = plan_for(guest, host)
+        plan = plan_for(guest, host, net6=hostnet.ipv6_net(host))
         who = ""
     else:
         source = "standard input" if args.notes == "-" else args.notes
@@ -165,7 +165,12 @@ def cmd_check(args, ctx) -> int:
             unchecked.append(f"guest {vmid}'s NICs and tags: {elsewhere}")
         guest = guest._replace(config=dict(guest.config, description=notes))
         who = "" if vmid is not None else source
-        plan = plan_for(guest, host, who, need_address=False)
+        net6 = None
+        try:
+            net6 = hostnet.ipv6_net(host)
+        except PvenatError as e:
+            unchecked.append(f"its IPv6 address: {e.message}")
+        plan = plan_for(guest, host, who, need_address=False, net6=net6)
         if plan is None and vmid is None:
             raise PvenatError("spec", f"{source}: no ```pvenat block")
     if plan is None:

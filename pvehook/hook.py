@@ -150,8 +150,8 @@ def pre_start(ctx, vmid):
              released=[f"{mac} {ip}" for mac, ip in released],
              forwards=[f"{f.proto} {f.describe()}" for f in plan.forwards] if plan else [])
     if forwards:
-        line = summary(plan, public.ip)
-    elif mine:
+        return summary(plan, public.ip)
+    if mine:
         line = f"pvenat: {vmid}: DHCP lease {mine[0].ip} for {', '.join(m.mac for m in mine)}"
     else:
         return f"pvenat: {vmid}: IPv6 {ip6}"

@@ -184,4 +184,21 @@ def summary(plan: GuestPlan, public_ip: str, who: str = "") -> str:
         if protos:
             parts.append(f"{'+'.join(protos)} {f.describe()}")
     address = plan.address or "(no address yet)"
-    return f"pvenat: {who or plan.vmid} -> {address} via {public_ip}: {', '.join(parts)}"
+    line = f"pvenat: {who or plan.vmid} -> {address} via {public_ip}: {', '.join(parts)}"
+    if plan.address6:
+        line += f"; IPv6 {plan.address6}: {opened6(plan) or 'nothing open'}"
+    return line
+
+
+def opened6(plan: GuestPlan) -> str:
+    """What the guest's forwards open on its IPv6 address, where there is no NAT: the
+    guest-side ports, from the allow-lists' IPv6 sources."""
+    parts = []
+    for f in plan.forwards:
+        sources = f.allow_family(6)
+        if sources is not None:
+            text = f"{f.proto} {format_range(*f.guest)}"
+            if sources:
+                text += " from " + ",".join(s.removesuffix("/128") for s in sources)
+            parts.append(text)
+    return ", ".join(parts)

@@ -12,7 +12,7 @@ def install(env):
     if not script:
         return None
     return Action("add pvenat's base rules: outbound SNAT, hairpin, NAT boundary, "
-                  "DHCP and DNS in, jumps (iptables)",
+                  f"DHCP and DNS in, jumps ({families(env.host)})",
                   Do(script, lambda: _locked(env, lambda: env.rules.install(public))))
 
 
@@ -20,8 +20,12 @@ def uninstall(env):
     script = env.rules.uninstall(dry_run=True).text
     if not script:
         return None
-    return Action("remove every pvenat chain and jump (iptables)",
+    return Action(f"remove every pvenat chain and jump ({families(env.host)})",
                   Do(script, lambda: _locked(env, env.rules.uninstall)))
+
+
+def families(host) -> str:
+    return "iptables, ip6tables" if host.ipv6 else "iptables"
 
 
 def _locked(env, change):
