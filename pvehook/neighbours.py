@@ -110,7 +110,7 @@ class Neighbours:
         address = state.guests.pop(vmid, None)
         if address is None:
             return ""
-        have = self._read(set(state.guests.values()) | {address})
+        have = self.read(set(state.guests.values()) | {address})
         want = have._replace(routes=have.routes - {address},
                              proxies=have.proxies - {address})
         script = batch(have, want, self.host.lan_bridge, self.host.wan_bridge)
@@ -126,7 +126,7 @@ class Neighbours:
         state = self.state()
         if self.net is None and not state.guests and state.lan is None:
             return ""  # ipv6 off, and nothing of pvenat's to take out
-        have = self._read(set(state.guests.values()) | set(wanted.values()))
+        have = self.read(set(state.guests.values()) | set(wanted.values()))
         want = entries(self.net, wanted.values()) if self.net else NONE
         lan = f"{self.net.lan_address}/64" if self.net else None
         script = self._lan(state.lan, lan) + batch(have, want, self.host.lan_bridge,
@@ -155,7 +155,7 @@ class Neighbours:
                 "nodad\n"
         return out
 
-    def _read(self, known: set) -> Entries:
+    def read(self, known: set) -> Entries:
         """pvenat's entries in the kernel: its marked routes, and the proxy entries for
         ``known`` addresses (the only ones it may take out)."""
         routes = _ip_json("-6", "route", "show", "proto", str(ROUTE_PROTO))

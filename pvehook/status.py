@@ -22,7 +22,8 @@ def checks(ctx, config_path: str, root: str = "/") -> list[tuple[str, bool, str]
     where install put its files (pvenat install --root)."""
     out = [("version", True, f"pvenat {__version__}")]
     for what, check in (("config", _config), ("hookscript", _snippet), ("bridge", _bridge),
-                        ("forwarding", _forwarding), ("rules", _rules), ("units", _units),
+                        ("forwarding", _forwarding), ("ipv6", _ipv6), ("rules", _rules),
+                        ("units", _units),
                         ("dhcp", _dhcp), ("guests", _guests)):
         try:
             out += check(ctx, config_path, root)
@@ -65,6 +66,33 @@ def _forwarding(ctx, config_path, root):
         on = f.read().strip() == "1"
     return [("forwarding", on, "net.ipv4.ip_forward=1" if on else
              "net.ipv4.ip_forward=0; run 'pvenat install'")]
+
+
+def _ipv6(ctx, config_path, root):
+    """The guests' IPv6 network as resolved, forwarding, and each running guest's route
+    and neighbour answer as pvenat recorded them."""
+    if ctx.host.ipv6 is None:
+        return []
+    from . import ipv6
+    from .neighbours import Neighbours, entries
+
+    net, why = ipv6.resolve(ctx.host.ipv6, ctx.host.wan_bridge,
+                            hostnet.wan_addresses6(ctx.host.wan_bridge))
+    out = [("ipv6", True, f"{net.prefix}, {net.upstream}, host {net.lan_address} on "
+            f"{ctx.host.lan_bridge}" + (f" ({why})" if why else ""))]
+    with open(f"{ctx.places.proc}/sys/net/ipv6/conf/all/forwarding") as f:
+        on = f.read().strip() == "1"
+    out.append(("ipv6 forwarding", on, "on" if on else "off; run 'pvenat install'"))
+    routes = Neighbours(ctx.host, net, ctx.places.state_dir)
+    held = routes.state().guests
+    want = entries(net, held.values())
+    have = routes.read(set(held.values()))
+    missing = sorted(str(v) for v, a in held.items()
+                     if a not in have.routes or (a in want.proxies and a not in have.proxies))
+    out.append(("ipv6 routes", not missing, f"{len(held)} guests routed" if not missing else
+                f"guests {', '.join(missing)} lack their route or neighbour answer; run "
+                "'pvenat sync'"))
+    return out
 
 
 def _rules(ctx, config_path, root):
