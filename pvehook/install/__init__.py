@@ -8,12 +8,16 @@ created is recorded (install/record.py), so uninstall removes that and nothing e
 
 from .. import logs
 from ..errors import PvenatError
-from . import bridge, dhcp, forwarding, hookscript, rules, token, units
+from . import bridge, dhcp, forwarding, forwarding6, hookscript, rules, token, units
 from .record import Record
 from .system import System
 
 log = logs.get_logger("pvenat.install")
-STEPS = (token, bridge, forwarding, rules, hookscript, dhcp, units)
+# IPv6 forwarding (with accept_ra=2 where the host's default route came from router
+# advertisements) before the bridge: ifupdown2 turns IPv6 forwarding on for a bridge with
+# an address, and any such write makes the kernel drop those routes where accept_ra is
+# not 2 (forwarding6.py)
+STEPS = (token, forwarding6, bridge, forwarding, rules, hookscript, dhcp, units)
 
 
 class Env:

@@ -13,7 +13,7 @@ import re
 
 from .. import hostnet, logs
 from ..errors import PvenatError
-from . import interfaces
+from . import forwarding6, interfaces
 from .actions import Action, Do, diff
 from .system import INTERFACES
 
@@ -47,6 +47,10 @@ def install(env):
         for p, (_, new, _) in edits.items():
             check(system, p, new)  # before anything is written
         device = link_state(system, host.lan_bridge)
+        try:
+            routes6 = forwarding6.default_routes(system)
+        except PvenatError:
+            routes6 = []  # no IPv6 here
         for p, (_, new, _) in edits.items():
             system.write(p, new)
         try:
@@ -58,6 +62,7 @@ def install(env):
             raise PvenatError("host", f"bringing up {host.lan_bridge} failed, so "
                               f"{path} was restored and reapplied: {e.message}") from None
         env.record.update(system, bridge={p: sep for p, (_, _, sep) in edits.items()})
+        lost6(env, routes6)
 
     return Action(f"add bridge {host.lan_bridge} ({host.lan_address}) to {path}"
                   + (" and to the GUI's pending edits" if len(edits) > 1 else ""),
@@ -114,6 +119,22 @@ def bridge_users(env) -> str:
                 w for w in where if w != "current"]
             users.append(f"{gf.vmid}" + (f" ({', '.join(detail)})" if detail else ""))
     return f"guests {', '.join(users)}" if users else ""
+
+
+def lost6(env, before: list):
+    """ifupdown2 turns IPv6 forwarding on for a bridge with an address, and the kernel
+    then drops the default routes learned from router advertisements wherever accept_ra
+    is not 2 (net/ipv6/route.c __rt6_purge_dflt_routers). With ipv6 on, install set
+    accept_ra=2 first (forwarding6.py); otherwise such a route comes back with the next
+    advertisement, while the host's IPv4 is unaffected: a warning, not a rollback."""
+    now = {forwarding6.route_key(r) for r in forwarding6.default_routes(env.system)}
+    gone = [r for r in before if forwarding6.route_key(r) not in now]
+    if gone:
+        env.warnings.append(
+            f"bringing up {env.host.lan_bridge} (ifupdown2 turns IPv6 forwarding on for a "
+            f"bridge with an address) made the kernel drop the host's IPv6 "
+            f"{forwarding6.routes_text(gone)}; it comes back with the router's next "
+            "advertisement. 'ipv6: true' in the pvenat config keeps it (accept_ra=2)")
 
 
 def check(system, path: str, text: str):

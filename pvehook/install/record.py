@@ -11,6 +11,9 @@ FACTS = {
     "bridge": {},  # interfaces files given the lan bridge stanza -> the separator added
     "snippets_content": False,  # 'snippets' added to storage local's content types
     "ip_forward_before": "",  # net.ipv4.ip_forward before install ("" = not changed)
+    # the IPv6 sysctls install changed (forwarding, accept_ra, proxy_ndp) -> their values
+    # before install
+    "ipv6_before": {},
     "units": [],  # the units enabled
     "token": "",  # the API token pvenat created, USER!NAME
     "user": "",  # the PVE user pvenat created for it

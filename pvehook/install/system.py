@@ -64,7 +64,13 @@ class System:
             f.write(value)
 
     def _sysctl_path(self, key: str) -> str:
-        return os.path.join(self.places.proc, "sys", *key.split("."))
+        """``key`` with dots, or with slashes where a device's name has a dot
+        (net/ipv6/conf/vmbr0.5/accept_ra), as sysctl.d takes both."""
+        return os.path.join(self.places.proc, "sys", *key.split("/" if "/" in key else "."))
+
+    def sysctl_names(self, folder: str) -> list[str]:
+        """The entries of a sysctl folder (net.ipv6.conf: all, default and each device)."""
+        return sorted(os.listdir(self._sysctl_path(folder)))
 
     def link_exists(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.places.sysfs, name))
