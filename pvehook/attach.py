@@ -9,12 +9,16 @@ edit), and attach reads the guest again and decides again. Addresses are taken f
 node's guest configs (a guest takes its address along when it migrates), under a
 cluster-wide lock (pveconf.cfs_lock), so that two nodes attaching at once never pick one
 address.
+
+With ipv6 on, attach also writes the guest's IPv6 address (ipv6.derived: no pick, so no
+lock) where PVE keeps it, unless the guest has one or its NIC asks for DHCPv6 or SLAAC
+(address_option6()).
 """
 
 import ipaddress
 from contextlib import nullcontext
 
-from . import dhcp, spec
+from . import dhcp, hostnet, spec
 from .context import HOOKSCRIPT
 from .errors import PvenatError
 from .hook import refusals
@@ -35,9 +39,10 @@ def attach(ctx, vmids, force: bool, ip: str | None = None):
     attached, each problem is reported with its fix, and the command exits 1 (cli)."""
     out, problems = [], []
     running = ctx.pve.running()
+    net6 = hostnet.ipv6_net(ctx.host)  # None with ipv6 off
     for vmid in vmids:
-        guest, lines = _attach(ctx, vmid, force, ip)
-        problems += [(vmid, e) for e in start_problems(ctx, guest)]
+        guest, lines = _attach(ctx, vmid, force, ip, net6)
+        problems += [(vmid, e) for e in start_problems(ctx, guest, net6)]
         if not lines:
             out.append(f"pvenat: {vmid}: already attached")
             continue
@@ -47,8 +52,8 @@ def attach(ctx, vmids, force: bool, ip: str | None = None):
     return out, problems
 
 
-def _attach(ctx, vmid, force, ip):
-    """The guest's hookscript and address, in one change; returns (the guest as its next
+def _attach(ctx, vmid, force, ip, net6=None):
+    """The guest's hookscript and addresses, in one change; returns (the guest as its next
     start reads it, what changed in words)."""
     for attempt in range(TRIES):
         guest = ctx.pve.guest(vmid)
@@ -71,6 +76,12 @@ def _attach(ctx, vmid, force, ip):
                 if change:
                     changes.update(change)
                     lines.append(f"address {address} ({next(iter(change))})")
+            if net6 is not None and needs_address6(guest, ctx.host):
+                address6, change = give_address6(ctx, guest._replace(
+                    config={**guest.config, **changes}), net6)
+                if change:
+                    changes.update(change)
+                    lines.append(f"IPv6 address {address6} ({next(iter(change))})")
             if not changes:
                 return guest, lines
             try:
@@ -83,11 +94,11 @@ def _attach(ctx, vmid, force, ip):
     raise AssertionError("unreachable")
 
 
-def start_problems(ctx, guest) -> list[PvenatError]:
+def start_problems(ctx, guest, net6=None) -> list[PvenatError]:
     """What a start of the guest, as its config now is, would refuse: the checks
     pre-start makes (plan_for, then hook.refusals)."""
     try:
-        plan = plan_for(guest, ctx.host)
+        plan = plan_for(guest, ctx.host, net6=net6)
     except PvenatError as e:
         return [e]
     return refusals(ctx, guest, plan)
@@ -218,3 +229,109 @@ def _with_fields(value: str, fields: dict, first: bool = True) -> str:
 def _has_cloudinit(config) -> bool:
     return any("cloudinit" in str(v) for k, v in config.items()
                if k.startswith(("ide", "scsi", "sata")))
+
+
+# IPv6 (ipv6 on): the guest's address from the prefix, written where PVE keeps it.
+
+def needs_address6(guest, host) -> bool:
+    """Whether attach writes an IPv6 address for the guest: it has a NIC on lan_bridge,
+    and neither its pvenat block (ip6:) nor that NIC (ip6=) says anything of IPv6. A
+    static ip6= is the guest's own and stays (ipv6.address takes it); ip6=dhcp stays too
+    (DHCPv6 gives the guest its address from the hosts file all the same), and so do
+    auto (SLAAC: the guest asks DHCPv6 when its stack follows the RAs' managed flag, and
+    else has no global address, as its admin chose) and manual (set up inside)."""
+    nic = _lan_nic(guest, host)
+    if nic is None:
+        return False
+    notes = _notes(guest)
+    if notes is not None and notes.ip6:
+        return False
+    return not _field(_address_value(guest, nic), "ip6")
+
+
+def give_address6(ctx, guest, net6) -> tuple[str, dict]:
+    """The guest's IPv6 address (the prefix's derived one, ipv6.derived) and the option
+    that writes it ("", {} when its Notes cannot be read and it would go there). Refused
+    when another guest of the cluster has that address as its own (a static ip6= or
+    ip6:)."""
+    from .ipv6 import derived
+
+    ip6 = derived(net6, guest.vmid)
+    other = used_addresses6(ctx, net6).get(ip6)
+    if other is not None and other != guest.vmid:
+        raise PvenatError("conflict", f"guest {guest.vmid}: its IPv6 address {ip6} is guest "
+                          f"{other}'s own (a static ip6); give guest {other} another, or "
+                          f"guest {guest.vmid} one of its own ('ip6:' in its pvenat block)")
+    option, value = address_option6(guest, ip6, ctx.host, net6)
+    if option == "description" and _notes_error(guest):
+        return "", {}
+    return ip6, {option: value}
+
+
+def used_addresses6(ctx, net6) -> dict[str, int]:
+    """The IPv6 addresses the guests of the cluster give themselves (their block's ip6:,
+    their NIC's static ip6=): address -> VMID. Derived ones differ by VMID."""
+    out = {}
+    for gf in ctx.pve.cluster():
+        config = gf.sections.get("", {})
+        notes = _notes_of(gf.vmid, config)
+        own = (notes and notes.ip6) or spec.nic_address6(gf.kind, config, ctx.host.lan_bridge)
+        if own:
+            out.setdefault(str(ipaddress.IPv6Address(own)), gf.vmid)
+    return out
+
+
+def address_option6(guest, ip6: str, host, net6) -> tuple[str, str]:
+    """Where the IPv6 address goes in the guest's config, as for the IPv4 one
+    (address_option): an LXC NIC's ip6=ADDR/64,gw6=LAN (pve-container
+    src/PVE/LXC/Config.pm $netconf_desc: ip6 'pve-ipv6-config', gw6 'ipv6'), cloud-init
+    ipconfigN's ip6=ADDR/64,gw6=LAN (qemu-server src/PVE/QemuServer/Network.pm
+    $ipconfig_fmt, where gw6 requires ip6 and no gw6 goes with ip6=dhcp or auto), else
+    the pvenat block's ip6:. The router is the host's lan address on the /64 (a gw6 on
+    the NIC's own link, so PVE and cloud-init need no extra route). Other fields stay."""
+    nic = _lan_nic(guest, host)
+    fields = {"ip6": f"{ip6}/64", "gw6": net6.lan_address}
+    key = f"net{nic.index}"
+    if guest.kind == "lxc":
+        return key, _with_fields(guest.config[key], fields, first=False)
+    if _has_cloudinit(guest.config) or f"ipconfig{nic.index}" in guest.config:
+        key = f"ipconfig{nic.index}"
+        return key, _ipconfig(guest.config.get(key, ""), fields)
+    return "description", spec.with_ip6(guest.config.get("description", ""), ip6)
+
+
+def _lan_nic(guest, host):
+    return next((n for n in spec.nics(guest.kind, guest.config) if n.bridge == host.lan_bridge),
+                None)
+
+
+def _address_value(guest, nic) -> str:
+    """The property string that holds the NIC's addresses: the LXC NIC, or ipconfigN."""
+    return guest.config.get(f"net{nic.index}" if guest.kind == "lxc" else
+                            f"ipconfig{nic.index}", "")
+
+
+def _field(value: str, name: str) -> str:
+    return next((p.split("=", 1)[1] for p in str(value).split(",")
+                 if p.split("=", 1)[0] == name and "=" in p), "")
+
+
+def _notes(guest):
+    return _notes_of(guest.vmid, guest.config)
+
+
+def _notes_of(vmid, config):
+    """The guest's pvenat spec, None when there is none or it cannot be read."""
+    try:
+        return spec.parse(vmid, config.get("description", ""), "")
+    except PvenatError:
+        return None
+
+
+def _ipconfig(value: str, fields: dict) -> str:
+    """ipconfigN with ``fields`` set, in the order the GUI writes it (ip, gw, ip6, gw6),
+    its other fields after them as they were."""
+    parts = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+    parts.update(fields)
+    order = [k for k in ("ip", "gw", "ip6", "gw6") if k in parts]
+    return ",".join(f"{k}={parts[k]}" for k in order + [k for k in parts if k not in order])

@@ -30,8 +30,10 @@ PID = "dnsmasq.pid"
 LEASE_DB = "dnsmasq.leases"
 
 
-def argv(host, places) -> list[str]:
-    """dnsmasq's command line for this host config (pvenat dhcp-server runs it)."""
+def argv(host, places, net6=None) -> list[str]:
+    """dnsmasq's command line for this host config (pvenat dhcp-server runs it). With
+    ipv6 on, ``net6`` is the guests' IPv6 network (ipv6.Net; found with
+    hostnet.ipv6_net when not given): see ipv6_argv()."""
     net, ip = host.lan_network, str(host.lan_address.ip)
     # its log to stderr: the journal, under pvenat-dhcp.service
     out = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
@@ -43,11 +45,31 @@ def argv(host, places) -> list[str]:
            f"--dhcp-hostsfile={path(places, HOSTS)}",
            f"--dhcp-leasefile={path(places, LEASE_DB)}",
            f"--dhcp-option=option:router,{ip}", f"--dhcp-option=option:dns-server,{ip}"]
+    if host.ipv6 is not None:
+        if net6 is None:
+            from .hostnet import ipv6_net
+
+            net6 = ipv6_net(host)
+        out += ipv6_argv(host, net6)
     if host.dhcp_range:
         out.append(f"--dhcp-range={host.dhcp_range[0]},{host.dhcp_range[1]},{net.netmask},12h")
     if host.dns_servers:
         out += ["--no-resolv", *[f"--server={server}" for server in host.dns_servers]]
     return out
+
+
+def ipv6_argv(host, net6) -> list[str]:
+    """DHCPv6 and router advertisements on lan_bridge, from the same dnsmasq. The range is
+    constructed from the bridge's /64 (the host's lan address, which neighbours.py puts
+    there as PREFIX::1/64 noprefixroute; dnsmasq serves no bridge with a /128 alone) and
+    is static: a guest gets the address its hosts-file line names ([IP6], matched by its
+    MAC), no other client gets any. The RAs carry the managed flag without the autonomous
+    one (no SLAAC address that no route or neighbour answer of pvenat's would reach), the
+    host's link-local as the router, and the DNS server (RDNSS, RFC 6106) that DHCPv6's
+    dns-server option names: lan_address, where dnsmasq's DNS listens too (--interface
+    with --bind-dynamic takes every address of the bridge)."""
+    return [f"--dhcp-range=::,constructor:{host.lan_bridge},static,64,1h", "--enable-ra",
+            f"--dhcp-option=option6:dns-server,[{net6.lan_address}]"]
 
 
 def path(places, name: str) -> str:

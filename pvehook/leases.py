@@ -19,7 +19,7 @@ from .errors import PvenatError
 from .plan import guest_address
 from .spec import nics
 
-_LINE = re.compile(r"([0-9A-F:]{17}),([0-9.]+)(?:,([a-z0-9-]+))?")
+_LINE = re.compile(r"([0-9A-F:]{17}),([0-9.]+)(?:,\[([0-9a-f:]+)\])?(?:,([a-z0-9-]+))?")
 _OWNER = re.compile(r"# guest ([0-9]+)")
 _RESERVED = re.compile(r"# reserved for guest ([0-9]+)")
 _ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
@@ -31,24 +31,50 @@ class Lease(NamedTuple):
     mac: str  # upper case, as pvenat reads it from netN
     ip: str
     name: str  # the guest's name as a DNS label, or ""
+    ip6: str = ""  # its IPv6 address (DHCPv6, by MAC), "" with ipv6 off
 
 
-def leases_for(guest, plan, host) -> list[Lease]:
+def leases_for(guest, plan, host, net6=None) -> list[Lease]:
     """The guest's leases: its NICs on lan_bridge that have a MAC, at its address (its
-    plan's, else its NIC's static one); none with dhcp off or without an address."""
+    plan's, else its NIC's static one); none with dhcp off or without an address.
+    ``net6``: the guests' IPv6 network (ipv6.Net, hostnet.ipv6_net; None with ipv6 off):
+    each lease then carries the guest's IPv6 address too (address6())."""
     if not host.dhcp:
         return []
-    return guest_leases(guest, guest_address(guest, plan, host), host.lan_bridge)
+    return guest_leases(guest, guest_address(guest, plan, host), host.lan_bridge,
+                        address6(guest, plan, host, net6))
 
 
-def guest_leases(guest, address: str | None, bridge: str) -> list[Lease]:
+def address6(guest, plan, host, net6) -> str:
+    """The guest's IPv6 address for its lease: its plan's (plan_for with net6), else as
+    ipv6.address finds it (its block's ip6:, its NIC's static ip6, else the derived one);
+    "" with ipv6 off, or when that address is refused (the start says why; its IPv4 lease
+    stays)."""
+    if net6 is None:
+        return ""
+    if plan is not None and plan.address6:
+        return plan.address6
+    from .ipv6 import address  # with ipv6 on alone
+
+    try:
+        notes = spec.parse(guest.vmid, guest.config.get("description", ""), "")
+    except PvenatError:
+        notes = None
+    try:
+        return address(guest.vmid, guest.kind, guest.config, notes and notes.ip6, net6,
+                       host.lan_bridge)
+    except PvenatError:
+        return ""
+
+
+def guest_leases(guest, address: str | None, bridge: str, address6: str = "") -> list[Lease]:
     """The leases of a guest whose NICs on ``bridge`` have a MAC: all at its ``address``
-    (pvenat gives a guest one address on the lan bridge)."""
+    (pvenat gives a guest one address on the lan bridge), and at ``address6`` too."""
     if address is None:
         return []
     name = (guest.config.get("name") or guest.config.get("hostname") or "").lower()
     name = name if _LABEL.fullmatch(name) else ""
-    return [Lease(guest.vmid, nic.mac, address, name)
+    return [Lease(guest.vmid, nic.mac, address, name, address6)
             for nic in nics(guest.kind, guest.config) if nic.bridge == bridge and nic.mac]
 
 
@@ -58,11 +84,13 @@ class Reserved(NamedTuple):
 
 
 def render(leases, reserved=()) -> str:
-    """dnsmasq's hosts file, in VMID order: '# guest VMID' (for pvenat), then MAC,IP[,NAME]
-    (a name lets dnsmasq answer DNS for the guest); then the reserved addresses, each
-    '# reserved for guest VMID' and the address alone. Not a set:TAG field: dnsmasq 2.90
-    crashes on SIGHUP once a lease from such a line is given."""
+    """dnsmasq's hosts file, in VMID order: '# guest VMID' (for pvenat), then
+    MAC,IP[,[IP6]][,NAME] (the IPv6 address for DHCPv6, by the same MAC; a name lets
+    dnsmasq answer DNS for the guest); then the reserved addresses, each '# reserved for
+    guest VMID' and the address alone. Not a set:TAG field: dnsmasq 2.90 crashes on
+    SIGHUP once a lease from such a line is given."""
     return "".join(f"# guest {lease.vmid}\n{lease.mac},{lease.ip}"
+                   + (f",[{lease.ip6}]" if lease.ip6 else "")
                    + (f",{lease.name}" if lease.name else "") + "\n"
                    for lease in sorted(leases, key=lambda lease: (lease.vmid, lease.mac))) + \
         "".join(f"# reserved for guest {r.vmid}\n{r.ip}\n"
@@ -74,7 +102,8 @@ def parse(text: str) -> list[Lease]:
     for owner, line in _owned(text, _OWNER):
         m = _LINE.fullmatch(line)
         if m:
-            out.append(Lease(owner, m.group(1), m.group(2), m.group(3) or ""))
+            out.append(Lease(owner, m.group(1), m.group(2), m.group(4) or "",
+                             m.group(3) or ""))
     return out
 
 
@@ -172,13 +201,15 @@ class Holders:
     refused: two guests never share one. Looked up by key, as sync checks 1,000 guests."""
 
     def __init__(self, held=()):
-        self.ip, self.mac = {}, {}
+        self.ip, self.mac, self.ip6 = {}, {}, {}
         self.add(held)
 
     def add(self, held) -> None:
         for lease in held:
             self.ip.setdefault(lease.ip, lease.vmid)
             self.mac.setdefault(lease.mac, lease.vmid)
+            if lease.ip6:
+                self.ip6.setdefault(lease.ip6, lease.vmid)
 
     def check(self, mine: list[Lease]) -> None:
         for lease in mine:
@@ -187,6 +218,12 @@ class Holders:
                 raise PvenatError("conflict", f"guest {lease.vmid}: address {lease.ip} is "
                                   f"already guest {other}'s (its DHCP lease); give one "
                                   "of them another address ('pvenat attach --ip ADDRESS')")
+            other = self.ip6.get(lease.ip6, lease.vmid) if lease.ip6 else lease.vmid
+            if other != lease.vmid:
+                raise PvenatError("conflict", f"guest {lease.vmid}: IPv6 address {lease.ip6} "
+                                  f"is already guest {other}'s (its DHCP lease); give one of "
+                                  "them another ('ip6:' in its pvenat block, or its NIC's "
+                                  "ip6=)")
             other = self.mac.get(lease.mac, lease.vmid)
             if other != lease.vmid:
                 raise PvenatError("conflict", f"guest {lease.vmid}: MAC {lease.mac} is also "

@@ -133,6 +133,28 @@ def with_ip(description: str, ip: str) -> str:
     return (text + "\n\n" if text else "") + f"```pvenat\nip: {ip}\n```"
 
 
+def with_ip6(description: str, ip6: str) -> str:
+    """The Notes with the pvenat block's 'ip6:' set to ``ip6``, as with_ip does for 'ip:':
+    the line replaced, or added after the block's 'ip:' (else as its first line), or a
+    block of its own appended; the rest as it was."""
+    lines = (description or "").split("\n")
+    for i, line in enumerate(lines):
+        m = _FENCE.fullmatch(line.rstrip("\r"))
+        if m and m.group(3) == "pvenat":
+            end = next((j for j in range(i + 1, len(lines)) if _closes(lines[j], m.group(2))),
+                       len(lines))
+            at = i + 1
+            for j in range(i + 1, end):
+                if re.match(r"ip6\s*:", lines[j]):
+                    lines[j] = f"ip6: {ip6}"
+                    return "\n".join(lines)
+                if re.match(r"ip\s*:", lines[j]):
+                    at = j + 1
+            return "\n".join(lines[:at] + [f"ip6: {ip6}"] + lines[at:])
+    text = (description or "").rstrip("\n")
+    return (text + "\n\n" if text else "") + f"```pvenat\nip6: {ip6}\n```"
+
+
 def _closes(line: str, fence: str) -> bool:
     """A closing fence: up to 3 spaces, at least as many of the same fence characters."""
     text = line.rstrip()

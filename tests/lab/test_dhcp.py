@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lab import DNS_ANSWER, NETPROBE, PEER_IP, PUBLIC_IP, lab_fixture, sh
+from lab import (DNS_ANSWER, GATEWAY6, NETPROBE, PEER_IP, PREFIX6, PUBLIC_IP, lab_fixture,
+                 sh)
 
 MACS = {vmid: f"BC:24:11:00:01:{vmid - 100:02X}" for vmid in (101, 102, 103, 104, 105)}
 
@@ -523,3 +524,88 @@ def test_a_guest_that_takes_a_pool_address_finds_it_free_when_it_migrates_here(p
     assert f"stale DHCP leases released: {POOL_MACS[304]} {taken}" in sync
     hosts = open(os.path.join(lab.state, "dhcp-hosts")).read()
     assert f"{POOL_MACS[303]},{taken}" in hosts and "reserved for guest 303" not in hosts
+
+
+# IPv6 (ipv6 on): DHCPv6 and router advertisements from the same dnsmasq, to a real
+# dhcpcd client in the guest (lab.dhcp6_client), on the prefix routed to the host.
+
+V6_MACS = {vmid: f"BC:24:11:00:06:{vmid - 100:02X}" for vmid in (101, 102, 103)}
+OWN6 = "2001:db8:1:2::cafe"  # 102's static ip6 of its own
+
+
+@pytest.fixture(scope="module", params=[False, True],
+                ids=["on lan bridge", "behind firewall bridges"])
+def lab6(request):
+    fw = ",firewall=1" if request.param else ""
+    guests6 = {
+        # a VM installed from an ISO: attach writes its IPv6 address into the pvenat block
+        101: {"kind": "qemu", "address": "dhcp", "config": {
+            "description": "```pvenat\nip: 172.22.161.170\nforwards: [12222:22]\n```",
+            "net0": f"virtio={V6_MACS[101]},bridge=vmbr1{fw}"}},
+        # a container with an IPv6 address of its own: it keeps it
+        102: {"kind": "lxc", "address": "dhcp", "config": {
+            "net0": f"name=eth0,bridge=vmbr1,hwaddr={V6_MACS[102]},ip=172.22.161.171/24,"
+                    f"gw=172.22.161.254,ip6={OWN6}/64,type=veth{fw}"}},
+        # not pvenat's: no lease
+        103: {"kind": "qemu", "address": "dhcp", "config": {
+            "net0": f"virtio={V6_MACS[103]},bridge=vmbr1{fw}"}},
+    }
+    for lab in lab_fixture(guests6, ipv6="routed", prefix=f"pv6{os.getpid() % 100000}",
+                           firewall="iptables" if request.param else None):
+        lab.write_config(f"ipv6: {{prefix: '{PREFIX6}', upstream: routed, "
+                         f"lan_address: '{GATEWAY6}'}}\n")
+        lab.start_dhcp_server()
+        yield lab
+
+
+def resolve6(lab, vmid, server, name) -> str:
+    """An A query for ``name`` to ``server`` over IPv6, from the guest: the address, or
+    what went wrong."""
+    script = (
+        "import socket, struct, sys\n"
+        "q = struct.pack('!HHHHHH', 0x5a5a, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(p)])"
+        " + p.encode() for p in sys.argv[2].split('.')) + b'\\0' + struct.pack('!HH', 1, 1)\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(3)\n"
+        "s.sendto(q, (sys.argv[1], 53))\n"
+        "try:\n    r = s.recv(512)\nexcept OSError as e:\n    print('error', e); sys.exit()\n"
+        "print('nxdomain' if r[3] & 15 == 3 else socket.inet_ntoa(r[-4:]))\n")
+    return sh("ip", "netns", "exec", lab.ns(vmid), lab.python, "-c", script, server,
+              name).stdout.strip()
+
+
+def test_guests_get_their_ipv6_address_router_and_dns_by_ra_and_dhcpv6(lab6):
+    lab = lab6
+    with open("/etc/resolv.conf") as f:
+        resolv = f.read()  # dhcpcd runs isolated from the machine's files: checked after
+    running = "; it is running: restart it, or run 'pvenat sync' to apply now"
+    assert ok(lab.pvenat("attach", "101", "102")).splitlines() == [
+        "pvenat: 101: hookscript set to local:snippets/pvenat.py; IPv6 address "
+        "2001:db8:1:2::101 (description)" + running,
+        "pvenat: 102: hookscript set to local:snippets/pvenat.py" + running]
+    assert lab.fixture_config(101)["description"] == \
+        "```pvenat\nip: 172.22.161.170\nip6: 2001:db8:1:2::101\nforwards: [12222:22]\n```"
+    assert f"ip6={OWN6}/64" in lab.fixture_config(102)["net0"]  # its own, kept
+    for vmid in (101, 102):
+        ok(lab.hook(vmid, "pre-start"))
+        ok(lab.hook(vmid, "post-start"))
+    assert open(os.path.join(lab.state, "dhcp-hosts")).read() == (
+        f"# guest 101\n{V6_MACS[101]},172.22.161.170,[2001:db8:1:2::101],guest101\n"
+        f"# guest 102\n{V6_MACS[102]},172.22.161.171,[{OWN6}],guest102\n")
+
+    # the address by DHCPv6 (matched by MAC), the router by RA, the DNS server by both
+    router = lab.link_local(lab.host, "vmbr1")
+    assert lab.dhcp6_client(101) == {"addresses": ["2001:db8:1:2::101/128"],
+                                     "routes": [router], "dns": [GATEWAY6]}
+    assert lab.dhcp6_client(102)["addresses"] == [f"{OWN6}/128"]
+    assert lab.dhcp6_client(103, timeout=4)["addresses"] == []  # a MAC pvenat does not know
+    # names over IPv6 through dnsmasq, which asks the host's upstream
+    assert resolve6(lab, 101, GATEWAY6, "www.example.test") == DNS_ANSWER
+    assert resolve6(lab, 101, GATEWAY6, "nothing.example.test") == "nxdomain"
+    # the list says so
+    listing = ok(lab.pvenat("list")).splitlines()
+    assert listing[0].split()[4:6] == ["ADDRESS", "ADDRESS6"]
+    assert any(line.split()[:8] == ["101", "guest101", "qemu", "running", "172.22.161.170",
+                                    "2001:db8:1:2::101", V6_MACS[101], "yes"]
+               for line in listing), listing
+    with open("/etc/resolv.conf") as f:
+        assert f.read() == resolv
