@@ -11,6 +11,9 @@ it, for the lab: the commands run inside the lab's host namespace.
   compile_iptables_filter), as its compile() prints it for the cluster firewall on; with
   host=True the host's own chains too (enable_host_firewall), input policy DROP.
 - raw_rules(): its raw table with nf_conntrack_helpers set (compile_iptables_raw).
+- firewall_rules6(), host_rules6(), raw_rules(..., version=6): the same for ip6tables,
+  which pve-firewall fills from the same compile_iptables_filter/_raw with $ipversion 6
+  (compile(); apply_ruleset restores both with -n).
 - missing_jumps(), removal_script(): how it hooks its chains into the built-in ones and
   takes them out when stopped (get_ruleset_cmdlist, remove_pvefw_chains_iptables).
 
@@ -182,6 +185,8 @@ def firewall_rules(nics: dict, vm_firewall: dict, host: bool = False) -> str:
     chains = ["PVEFW-FORWARD", "PVEFW-FWBR-IN", "PVEFW-FWBR-OUT", "PVEFW-SET-ACCEPT-MARK",
               "PVEFW-smurfs", "PVEFW-smurflog", "PVEFW-Drop", "PVEFW-DropBroadcast"]
     chains += [f"{port}-{d}" for port in vm_firewall for d in ("IN", "OUT")]
+    vm_firewall = {port: [r for r in accept if ipversion(r) in (None, 4)]
+                   for port, accept in vm_firewall.items()}
     rules = [
         "-A PVEFW-FORWARD -m conntrack --ctstate INVALID -j DROP",
         "-A PVEFW-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -261,16 +266,162 @@ def host_rules() -> tuple[list, list]:
     return chains, rules
 
 
-def raw_rules(helpers) -> str:
+def raw_rules(helpers, version: int = 4) -> str:
     """The raw table with the host option nf_conntrack_helpers (compile_iptables_raw,
     4271-4323): PVEFW-PREROUTING, one CT --helper rule a helper, for the ports of
-    $pve_fw_helpers (571-581)."""
+    $pve_fw_helpers (571-581); for ip6tables (``version=6``) only the helpers marked v6
+    there, the chain made all the same."""
     ports = {"amanda": ("udp", 10080), "ftp": ("tcp", 21), "irc": ("tcp", 6667),
              "netbios-ns": ("udp", 137), "pptp": ("tcp", 1723), "sane": ("tcp", 6566),
              "sip": ("udp", 5060), "snmp": ("udp", 161), "tftp": ("udp", 69)}
+    v6 = {"amanda", "ftp", "sane", "sip", "tftp"}
     rules = [f"-A PVEFW-PREROUTING -p {ports[h][0]} -m {ports[h][0]} --dport {ports[h][1]} "
-             f"-j CT --helper {h}" for h in helpers]
+             f"-j CT --helper {h}" for h in helpers if version == 4 or h in v6]
     return "\n".join(["*raw", ":PVEFW-PREROUTING - [0:0]", *rules, "COMMIT", ""])
+
+
+def ipversion(rule: str):
+    """4 or 6 for a rule that names an address or ICMP of one family, else None (both):
+    pve-firewall skips a rule of the other family (verify_rule sets its ipversion,
+    1740-1918; the chain builders 'next if $rule->{ipversion} != $ipversion')."""
+    if re.search(r"(^|\s)(-p (icmpv6|ipv6-icmp)\b|-[sd]\s+(!\s*)?[0-9a-fA-F]*:)", rule):
+        return 6
+    if re.search(r"(^|\s)(-p icmp\b|-[sd]\s+(!\s*)?\d+\.)", rule):
+        return 4
+    return None
+
+
+# pve-firewall's standard chains for ip6tables ($pve_std_chains_conf->{6}, 693-783), as
+# generate_std_chains writes them (ipt_rule_to_cmds: a port list goes through multiport,
+# an ICMPv6 type by name). IPv6 has no PVEFW-smurfs: ruleset_chain_add_input_filters adds
+# its jump for IPv4 alone (2539-2547), and PVEFW-DropBroadcast drops ff00::/8 only.
+STD_CHAINS6 = {
+    "PVEFW-SET-ACCEPT-MARK": ["-j MARK --set-mark 0x80000000/0x80000000"],
+    "PVEFW-DropBroadcast": ["-d ff00::/8 -j DROP"],
+    "PVEFW-reject": [
+        "-p icmpv6 -j DROP",
+        "-p tcp -j REJECT --reject-with tcp-reset",
+        "-p udp -j REJECT --reject-with icmp6-port-unreachable",
+        "-j REJECT --reject-with icmp6-adm-prohibited"],
+    "PVEFW-Drop": [
+        "-p tcp --dport 43 -j PVEFW-reject",
+        "-j PVEFW-DropBroadcast",
+        *[f"-p icmpv6 -m icmpv6 --icmpv6-type {t} -j ACCEPT"
+          for t in ("destination-unreachable", "time-exceeded", "packet-too-big")],
+        "-m conntrack --ctstate INVALID -j DROP",
+        "-p udp --match multiport --dports 135,445 -j DROP",
+        "-p udp --dport 137:139 -j DROP",
+        "-p udp --sport 137 --dport 1024:65535 -j DROP",
+        "-p tcp --match multiport --dports 135,139,445 -j DROP",
+        "-p udp --dport 1900 -j DROP",
+        "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+        "-p udp --sport 53 -j DROP"],
+    "PVEFW-Reject": [
+        "-p tcp --dport 43 -j PVEFW-reject",
+        "-j PVEFW-DropBroadcast",
+        *[f"-p icmpv6 -m icmpv6 --icmpv6-type {t} -j ACCEPT"
+          for t in ("destination-unreachable", "time-exceeded", "packet-too-big")],
+        "-m conntrack --ctstate INVALID -j DROP",
+        "-p udp --match multiport --dports 135,445 -j PVEFW-reject",
+        "-p udp --dport 137:139 -j PVEFW-reject",
+        "-p udp --sport 137 --dport 1024:65535 -j PVEFW-reject",
+        "-p tcp --match multiport --dports 135,139,445 -j PVEFW-reject",
+        "-p udp --dport 1900 -j DROP",
+        "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+        "-p udp --sport 53 -j DROP"],
+    "PVEFW-tcpflags": [
+        f"-p tcp -m tcp {m} -g PVEFW-logflags" for m in (
+            "--tcp-flags FIN,SYN,RST,PSH,ACK,URG FIN,PSH,URG",
+            "--tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE", "--tcp-flags SYN,RST SYN,RST",
+            "--tcp-flags FIN,SYN FIN,SYN", "--sport 0 --tcp-flags FIN,SYN,RST,ACK SYN")],
+    "PVEFW-logflags": ["-j DROP"],
+}
+
+
+def ndp(chain: str, accept: str, direction: str) -> list:
+    """ruleset_chain_add_ndp (2501-2511), option ndp at its default (on): router
+    solicitations, neighbour solicitations and advertisements, and router advertisements
+    except outbound (unless radv)."""
+    types = ["router-solicitation", "router-advertisement", "neighbor-solicitation",
+             "neighbor-advertisement"]
+    return [f"-A {chain} -p icmpv6 --icmpv6-type {t} {accept}" for t in types
+            if direction == "IN" or t != "router-advertisement"]
+
+
+def firewall_rules6(nics: dict, vm_firewall: dict, host: bool = False) -> str:
+    """pve-firewall's ip6tables filter table, as firewall_rules() for iptables: the same
+    compile_iptables_filter with $ipversion 6 (4325-4475). PVEFW-FORWARD is the same:
+    INVALID dropped, established accepted, the firewall bridges' traffic to PVEFW-FWBR-IN
+    and -OUT, nothing else (routed traffic returns to FORWARD's own policy). A guest with
+    its firewall on (ruleset_create_vm_chain, 2555-2642): IN accepts DHCPv6 from a server
+    (udp 547 -> 546) and NDP including router advertisements; OUT lets DHCPv6 requests
+    (546 -> 547) out, drops foreign MACs, drops router advertisements (option radv off),
+    and lets NDP but router advertisements out. ``vm_firewall`` rules of IPv4 alone are
+    left out (ipversion())."""
+    chains = ["PVEFW-FORWARD", "PVEFW-FWBR-IN", "PVEFW-FWBR-OUT", *STD_CHAINS6]
+    chains += [f"{port}-{d}" for port in vm_firewall for d in ("IN", "OUT")]
+    rules = [
+        "-A PVEFW-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A PVEFW-FORWARD -m physdev --physdev-is-bridged --physdev-in fwln+ "
+        "-j PVEFW-FWBR-IN",
+        "-A PVEFW-FORWARD -m physdev --physdev-is-bridged --physdev-out fwln+ "
+        "-j PVEFW-FWBR-OUT",
+        *[f"-A {chain} {rule}" for chain, lines in STD_CHAINS6.items() for rule in lines],
+    ]
+    for port, accept in vm_firewall.items():
+        rules += [
+            f"-A PVEFW-FWBR-IN -m physdev --physdev-is-bridged --physdev-out {port} "
+            f"-j {port}-IN",
+            f"-A PVEFW-FWBR-OUT -m physdev --physdev-is-bridged --physdev-in {port} "
+            f"-j {port}-OUT",
+            f"-A {port}-IN -p udp --sport 547 --dport 546 -j ACCEPT",
+            *ndp(f"{port}-IN", "-j ACCEPT", "IN"),
+            *[f"-A {port}-IN {rule}" for rule in accept if ipversion(rule) in (None, 6)],
+            f"-A {port}-IN -j PVEFW-Drop",
+            f"-A {port}-IN -j DROP",
+            f"-A {port}-OUT -p udp --sport 546 --dport 547 -g PVEFW-SET-ACCEPT-MARK",
+            f"-A {port}-OUT -m mac ! --mac-source {nics[port]} -j DROP",
+            f"-A {port}-OUT -p icmpv6 --icmpv6-type router-advertisement -j DROP",
+            f"-A {port}-OUT -j MARK --set-mark 0x00000000/0x80000000",
+            *ndp(f"{port}-OUT", "-g PVEFW-SET-ACCEPT-MARK", "OUT"),
+            f"-A {port}-OUT -g PVEFW-SET-ACCEPT-MARK",
+        ]
+    if host:
+        host_chains, host_lines = host_rules6()
+        chains += host_chains
+        rules += host_lines
+    return "\n".join(["*filter", *[f":{c} - [0:0]" for c in chains], *rules, "COMMIT", ""])
+
+
+def host_rules6() -> tuple[list, list]:
+    """The host's ip6tables chains, as host_rules() (enable_host_firewall, 2868-3096,
+    $ipversion 6). PVEFW-HOST-IN RETURNs (so INPUT's policy decides) router and
+    neighbour solicitations and advertisements (ruleset_chain_add_ndp, before anything
+    else new), then goes on as for IPv4 minus PVEFW-smurfs; the input policy's PVEFW-Drop
+    drops all multicast (PVEFW-DropBroadcast: ff00::/8), so a DHCPv6 Solicit (to
+    ff02::1:2) dies there, and DNS or any other new unicast traffic in the final DROP.
+    The management ipset rules are left out as for IPv4. PVEFW-HOST-OUT lets NDP out but
+    router advertisements (radv off), and ends in RETURN (policy_out ACCEPT)."""
+    chains = ["PVEFW-INPUT", "PVEFW-OUTPUT", "PVEFW-HOST-IN", "PVEFW-HOST-OUT"]
+    rules = [
+        "-A PVEFW-HOST-IN -i lo -j ACCEPT",
+        "-A PVEFW-HOST-IN -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-HOST-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        *ndp("PVEFW-HOST-IN", "-j RETURN", "IN"),
+        "-A PVEFW-HOST-IN -p igmp -j RETURN",
+        "-A PVEFW-HOST-IN -j PVEFW-Drop",
+        "-A PVEFW-HOST-IN -j DROP",
+        "-A PVEFW-HOST-OUT -o lo -j ACCEPT",
+        "-A PVEFW-HOST-OUT -m conntrack --ctstate INVALID -j DROP",
+        "-A PVEFW-HOST-OUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        *ndp("PVEFW-HOST-OUT", "-j RETURN", "OUT"),
+        "-A PVEFW-HOST-OUT -p igmp -j RETURN",
+        "-A PVEFW-HOST-OUT -j RETURN",
+        "-A PVEFW-OUTPUT -j PVEFW-HOST-OUT",
+        "-A PVEFW-INPUT -j PVEFW-HOST-IN",
+    ]
+    return chains, rules
 
 
 def missing_jumps(save_output: str, table: str) -> str:
