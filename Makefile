@@ -23,7 +23,7 @@ export PVENAT_CACHE ?= $(CURDIR)/.cache
 VENV := $(or $(PVENAT_VENV),.venv)
 DEMO_PACKAGES := iptables iproute2 conntrack openssl procps dnsmasq-base python3 \
 	python3-proxmoxer python3-yaml python3-structlog python3-requests
-LAB_PACKAGES := python3-pytest python3-hypothesis busybox
+LAB_PACKAGES := python3-pytest python3-hypothesis busybox dhcpcd-base
 DEB_PACKAGES := mmdebstrap
 TEST_PACKAGES := python3-venv gcc git
 PYPI_PACKAGES := proxmoxer requests PyYAML structlog pytest hypothesis flake8

@@ -4,6 +4,11 @@
   neighbour 203.0.113.2 ─── nb0 ──┘ vmbr1 172.22.161.254 ── tap101i0 ── g101 .170
   (on first use: neighbour())                            └─ veth102i0 ── g102 .171
 
+With ``ipv6``, inet is also the IPv6 internet (2001:db8:ff::7, 2001:db8:fe::7) and the
+hoster's router (fe80::1 on eth0), which hands the host its /64 (PREFIX6) in one of the
+two ways hosters do: routed to the host's link-local address, or on-link on vmbr0's
+segment (the router asks for each address by neighbour solicitation: proxy NDP).
+
 Guests' host-side ports carry PVE's names. Nothing outside the lab's namespaces is
 touched, and close() removes them all, also after a failure.
 """
@@ -33,6 +38,18 @@ LISTED_IP = "192.0.2.7"  # a second address of the outside peer, for allow-lists
 # Another machine on vmbr0's segment (a hoster's other customer) that routes the guest
 # subnet via the host's public address: lab.neighbour()
 NEIGHBOUR_IP = "203.0.113.2"
+# IPv6 (Lab(ipv6=...)): the host's /64, from which guest N gets PREFIX6::<N's digits as
+# hex> (address6()); the internet host and a second address of it, for allow-lists; the
+# router's link-local address, the host's gateway as hosters give it.
+PREFIX6 = "2001:db8:1:2::/64"
+GATEWAY6 = "2001:db8:1:2::1"  # the host on vmbr1 (noprefixroute), the guests' gateway
+PEER6 = "2001:db8:ff::7"
+LISTED6 = "2001:db8:fe::7"
+ROUTER_LL = "fe80::1"
+# routed: the router's and the host's addresses on the link, from another prefix;
+# on-link: theirs from PREFIX6
+LINK6 = {"routed": ("2001:db8:0:1::1", "2001:db8:0:1::2"),
+         "on-link": ("2001:db8:1:2::fffe", "2001:db8:1:2::2")}
 HOOK_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # what PVE gives a hookscript
 DNS_ANSWER = "198.51.100.80"  # what the internet's DNS server says www.example.test is
 # Debian's ifupdown2 unpacked for the lab (tests/lab/private-ifupdown2): the machine's own
@@ -92,6 +109,61 @@ def pve_root(root: str) -> str:
     return root
 
 
+# netprobe's serve and tcp/udp for IPv6 (an IPv6-only socket, beside netprobe's IPv4 one)
+PROBE6 = r"""
+import selectors, socket, sys
+def serve(name, specs):
+    sel = selectors.DefaultSelector()
+    for spec in specs:
+        proto, port = spec.split(":")
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp"
+                          else socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::", int(port)))
+        if proto == "tcp":
+            s.listen(64)
+        sel.register(s, selectors.EVENT_READ, proto)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.data == "tcp":
+                conn, peer = key.fileobj.accept()
+                with conn:
+                    conn.sendall(f"{name} {peer[0]}\n".encode())
+            else:
+                _, peer = key.fileobj.recvfrom(2048)
+                key.fileobj.sendto(f"{name} {peer[0]}\n".encode(), peer)
+def client(proto, host, port, src=None):
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp"
+                       else socket.SOCK_DGRAM) as s:
+        s.settimeout(3)  # a first packet may wait for proxy NDP's delay (up to 0.8 s)
+        if src:
+            s.bind((src, 0))
+        try:
+            if proto == "tcp":
+                s.connect((host, int(port)))
+            else:
+                s.sendto(b"ping", (host, int(port)))
+            return s.recv(256).decode().strip() or "empty"
+        except ConnectionRefusedError:
+            return "refused"
+        except (socket.timeout, TimeoutError):
+            return "timeout"
+        except OSError as e:
+            return f"error {e.strerror}"
+if sys.argv[1] == "serve":
+    serve(sys.argv[2], sys.argv[3:])
+else:
+    print(client(*sys.argv[1:]))
+"""
+
+
+def address6(vmid) -> str:
+    """Guest N's address in PREFIX6: N's decimal digits read as hex (101 -> ::101)."""
+    return str(ipaddress.ip_network(PREFIX6)[int(str(vmid), 16)])
+
+
 def lab_fixture(guests, **options):
     """A namespace lab for a fixture to yield from; removed whatever the tests did."""
     import pytest
@@ -115,8 +187,9 @@ class Lab:
     def __init__(self, guests, br_netfilter=True, backend="local", config_source="files",
                  lan="172.22.161.254/24", lan_bridge=True, prefix=None, firewall=None,
                  vlan=None, python=sys.executable, host_firewall=False,
-                 conntrack_helpers=()):
-        """``guests``: {vmid: {kind, config, node?, address?, serve?, vm_firewall?}}.
+                 conntrack_helpers=(), ipv6=None, ipv6_ra=False):
+        """``guests``: {vmid: {kind, config, node?, address?, address6?, serve?,
+        vm_firewall?}}.
 
         A guest with an address gets a namespace answering on ``serve`` ("tcp:22", ...),
         its NIC plugged as PVE plugs net0 of its config; one without exists only in the
@@ -129,6 +202,15 @@ class Lab:
         datacenter firewall's host chains are loaded too (input policy DROP);
         ``conntrack_helpers=["ftp"]``: the host option nf_conntrack_helpers, pve-firewall's
         CT --helper rules in raw.
+
+        ``ipv6="routed"`` or ``"on-link"``: the IPv6 internet (module docstring), the host's
+        default route via the router's fe80::1, DAD off in every namespace (it holds an
+        address back 1-2 s); a guest's ``address6`` is configured with GATEWAY6 as its
+        gateway (configure6()), "dhcp" leaves it to dhcp6_client(); pve-firewall's
+        ip6tables rules are loaded beside its iptables ones. ``ipv6_ra=True``: the host's
+        default route comes from the router's advertisements instead (start_ra()).
+        Nothing of the host's IPv6 for guests (the address on vmbr1, routes, proxy
+        entries, forwarding) is set: that is pvenat's, or a test's by hand.
         """
         self.prefix = prefix or f"pvn{os.getpid() % 100000}"
         self.host = f"{self.prefix}-host"
@@ -145,6 +227,9 @@ class Lab:
         self.node = pvenode.Node(self.host, firewall)
         self.host_firewall = host_firewall
         self.conntrack_helpers = tuple(conntrack_helpers)
+        if ipv6 not in (None, "routed", "on-link"):
+            raise ValueError(f"ipv6: {ipv6!r}")
+        self.ipv6, self.ipv6_ra = ipv6, ipv6_ra
         self.namespaces = []
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="pvenat-lab-")
@@ -165,6 +250,9 @@ class Lab:
     def netns(self, name):
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
+        if self.ipv6:  # before any device: they take default's value
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+               "net.ipv6.conf.default.accept_dad=0")
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
     def _build(self, br_netfilter):
@@ -193,6 +281,9 @@ class Lab:
             sh("ip", "-n", self.inet, *cmd)
         self.sysctl(h, "net.ipv4.ip_forward", 1)
         self.sysctl(h, "net.bridge.bridge-nf-call-iptables", int(br_netfilter))
+        if self.ipv6:
+            self.sysctl(h, "net.bridge.bridge-nf-call-ip6tables", int(br_netfilter))
+            self._build6()
         for vmid, guest in self.guests.items():
             if guest.get("address") and self.lan_bridge:
                 self.add_guest(vmid)
@@ -205,6 +296,62 @@ class Lab:
         self.write_config()
         if self.backend == "https":
             self._start_api()
+
+    def _build6(self):
+        """The router's side (inet's eth0: fe80::1, the link's prefix; the internet's
+        addresses on lo) and the host's vmbr0: its link-local kept (a fixed MAC: a bridge
+        otherwise takes the lowest of its ports' MACs), the link's address, the default
+        route via fe80::1 (or, with ipv6_ra, from the router's advertisements)."""
+        h, i = self.host, self.inet
+        router, host = LINK6[self.ipv6]
+        mac = self.node.read("/sys/class/net/eno1/address")
+        sh("ip", "-n", h, "link", "set", "vmbr0", "address", mac)
+        for cmd in (["-6", "addr", "flush", "dev", "eth0", "scope", "link"],
+                    ["addr", "add", f"{ROUTER_LL}/64", "dev", "eth0"],
+                    ["addr", "add", f"{router}/64", "dev", "eth0", "noprefixroute"],
+                    ["addr", "add", f"{PEER6}/128", "dev", "lo"],
+                    ["addr", "add", f"{LISTED6}/128", "dev", "lo"],
+                    # the internet answers from PEER6, as inet does from PEER_IP
+                    ["route", "add", str(ipaddress.ip_interface(f"{router}/64").network),
+                     "dev", "eth0", "src", PEER6]):
+            sh("ip", "-n", i, *cmd)
+        if self.ipv6 == "routed":  # as Hetzner's: the /64 via the host's link-local
+            sh("ip", "-n", i, "route", "add", PREFIX6, "via", self.link_local(h, "vmbr0"),
+               "dev", "eth0", "src", PEER6)
+        if self.ipv6_ra:  # SLAAC gives the host its address on the link
+            self.sysctl(h, "net.ipv6.conf.vmbr0.accept_ra", 1)
+            self.start_ra()
+        else:
+            sh("ip", "-n", h, "addr", "add", f"{host}/64", "dev", "vmbr0")
+            sh("ip", "-n", h, "route", "add", "default", "via", ROUTER_LL, "dev", "vmbr0")
+
+    def link_local(self, ns, dev) -> str:
+        out = sh("ip", "-j", "-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link").stdout
+        return next(a["local"] for i in json.loads(out) for a in i["addr_info"] if "local" in a)
+
+    def start_ra(self):
+        """The router advertises itself (and the link's prefix, for SLAAC) on eth0:
+        dnsmasq --enable-ra, DHCP and DNS off; the host learns its default route when
+        vmbr0 has accept_ra=1 (2 with forwarding on). Waits until it has."""
+        pid = os.path.join(self.dir, "ra.pid")
+        self.procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", self.inet, "dnsmasq", "--keep-in-foreground",
+             "--log-facility=-", "--conf-file=/dev/null", f"--pid-file={pid}", "--port=0",
+             "--interface=eth0", "--bind-interfaces", "--enable-ra",
+             "--dhcp-range=::,constructor:eth0,ra-only", "--ra-param=eth0,10,1800",
+             f"--dhcp-leasefile={os.path.join(self.dir, 'ra.leases')}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        for _ in range(100):
+            if self.default_routes6():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the host learned no IPv6 default route from the router's RA")
+
+    def default_routes6(self, ns=None) -> list:
+        """The IPv6 default routes of the host (or ns), as ip -j shows them: [{dst,
+        gateway, dev, protocol ("ra" when learned, "boot" when set), ...}]."""
+        return json.loads(sh("ip", "-j", "-n", ns or self.host, "-6", "route", "show",
+                             "default").stdout or "[]")
 
     def set_ports(self, vmids):
         """PVE-named devices (tapNi0/vethNi0, not on a bridge) for guests that have no
@@ -238,6 +385,8 @@ class Lab:
         sh("ip", "-n", g, "link", "set", "eth0", "up")
         if guest["address"] != "dhcp":  # else the guest asks for it: dhcp_client()
             self.configure(vmid, guest["address"], self.gateway)
+        if self.ipv6 and guest.get("address6", "dhcp") != "dhcp":
+            self.configure6(vmid, guest["address6"])
 
     def configure(self, vmid, address, gateway, prefixlen=None):
         """The guest's address and default route, as its OS would set them."""
@@ -245,6 +394,13 @@ class Lab:
         sh("ip", "-n", g, "addr", "add", f"{address}/{prefixlen or self.prefixlen}", "dev",
            "eth0")
         sh("ip", "-n", g, "route", "add", "default", "via", gateway)
+
+    def configure6(self, vmid, address=None, gateway=GATEWAY6):
+        """The guest's IPv6 address in PREFIX6 (address6(vmid) by default) and default
+        route, as a static config sets them (cloud-init's ip6=, gw6=)."""
+        g = self.ns(vmid)
+        sh("ip", "-n", g, "addr", "add", f"{address or address6(vmid)}/64", "dev", "eth0")
+        sh("ip", "-n", g, "-6", "route", "add", "default", "via", gateway, "dev", "eth0")
 
     def start_dhcp_server(self):
         """pvenat dhcp-server (dnsmasq) in the host namespace, as pvenat-dhcp.service runs
@@ -281,6 +437,43 @@ class Lab:
         line = next((x for x in out.splitlines() if x.startswith("ip=")), "")
         return dict(part.split("=", 1) for part in line.split())
 
+    def dhcp6_client(self, vmid, timeout=8) -> dict:
+        """A real DHCPv6 and RA client in the guest, dhcpcd -6 once (-1; stopped after
+        ``timeout`` s, -p keeps what it applied): {"addresses": the guest's global ones
+        with prefix length, "routes": the gateways of its default routes, "dns": the
+        servers dhcpcd wrote to its resolv.conf}. dhcpcd runs in a mount namespace of its
+        own that hides the machine's files from it (dhcpcd once rewrote the machine's
+        /etc/resolv.conf from a network namespace): tmpfs over its state and run
+        directories, the guest's own resolv.conf (a lab file) bound over /etc/resolv.conf,
+        no config file, and no hook but the lab's, which writes the name servers there."""
+        g, conf = self.ns(vmid), os.path.join(self.dir, f"resolv.conf.g{vmid}")
+        hook = os.path.join(self.dir, "dhcpcd.hook")
+        if not os.path.exists(hook):
+            with open(hook, "w") as f:
+                f.write('#!/bin/sh\n[ -n "$new_dhcp6_name_servers" ] || exit 0\n'
+                        'for s in $new_dhcp6_name_servers; do echo "nameserver $s"; done '
+                        '> /etc/resolv.conf\n')
+            os.chmod(hook, 0o755)
+        with open(conf, "w") as f:
+            f.write("")
+        # ip netns exec's own mount namespace is a slave of the machine's: unshare -m
+        # makes one that is private, and the bind is checked before dhcpcd starts
+        script = ('set -e; for d in /var/lib/dhcpcd /run/dhcpcd; do mkdir -p $d; '
+                  'mount -t tmpfs tmpfs $d; done; mount --bind "$1" /etc/resolv.conf; '
+                  '[ "$(stat -c %d:%i /etc/resolv.conf)" = "$(stat -c %d:%i "$1")" ]; '
+                  'shift; exec "$@"')
+        sh("ip", "netns", "exec", g, "unshare", "-m", "--propagation", "private",
+           "sh", "-c", script, "sh", conf, "timeout", str(timeout), "dhcpcd",
+           "-f", "/dev/null", "-c", hook, "-o", "dhcp6_name_servers", "-B", "-1", "-6",
+           "-p", "-t", str(timeout), "eth0", check=False)
+        addrs = json.loads(sh("ip", "-j", "-n", g, "-6", "addr", "show", "dev", "eth0",
+                              "scope", "global").stdout)
+        with open(conf) as f:
+            dns = [line.split()[1] for line in f if line.startswith("nameserver")]
+        return {"addresses": [f"{a['local']}/{a['prefixlen']}" for i in addrs
+                              for a in i["addr_info"] if "local" in a],
+                "routes": [r.get("gateway") for r in self.default_routes6(g)], "dns": dns}
+
     def replug(self, vmid):
         """The guest's NIC made anew, as when a container reboots from inside: PVE runs
         no hookscript phase for that (pve-container src/lxc-pve-poststop-hook)."""
@@ -301,20 +494,27 @@ class Lab:
                     "/sys/class/net/eth0/address").stdout.strip()
                 if "vm_firewall" in guest:
                     vm_fw[port] = guest["vm_firewall"]
-        restore = ["ip", "netns", "exec", self.host, "iptables-legacy-restore", "-n"]
-        sh(*restore, input=pvenode.firewall_rules(nics, vm_fw, host=self.host_firewall))
-        if self.conntrack_helpers:
-            sh(*restore, input=pvenode.raw_rules(self.conntrack_helpers))
-        for table in ("filter", "raw"):
-            jumps = pvenode.missing_jumps(self.iptables_save("-t", table), table)
-            if jumps:
-                sh(*restore, input=jumps)
+        for v in (4, 6) if self.ipv6 else (4,):  # apply_ruleset: ip6tables the same way
+            restore = ["ip", "netns", "exec", self.host, f"ip{'6' * (v == 6)}tables-legacy-"
+                       "restore", "-n"]
+            rules = pvenode.firewall_rules6 if v == 6 else pvenode.firewall_rules
+            sh(*restore, input=rules(nics, vm_fw, host=self.host_firewall))
+            if self.conntrack_helpers:
+                sh(*restore, input=pvenode.raw_rules(self.conntrack_helpers, v))
+            for table in ("filter", "raw"):
+                jumps = pvenode.missing_jumps(self.iptables_save("-t", table, version=v),
+                                              table)
+                if jumps:
+                    sh(*restore, input=jumps)
 
     def stop_pve_firewall(self):
         """systemctl stop pve-firewall: its jumps and chains gone, in filter and raw."""
-        restore = ["ip", "netns", "exec", self.host, "iptables-legacy-restore", "-n"]
-        for table in ("filter", "raw"):
-            sh(*restore, input=pvenode.removal_script(self.iptables_save("-t", table), table))
+        for v in (4, 6) if self.ipv6 else (4,):
+            restore = ["ip", "netns", "exec", self.host, f"ip{'6' * (v == 6)}tables-legacy-"
+                       "restore", "-n"]
+            for table in ("filter", "raw"):
+                sh(*restore, input=pvenode.removal_script(
+                    self.iptables_save("-t", table, version=v), table))
 
     def neighbour(self) -> str:
         """A machine on vmbr0's segment, NEIGHBOUR_IP, with a route to the guest subnet
@@ -340,6 +540,8 @@ class Lab:
     def serve(self, ns, name, ports):
         self.spawn(ns, [self.python, NETPROBE, "serve",
                         name, *ports])
+        if self.ipv6 and ports:
+            self.spawn(ns, [self.python, "-c", PROBE6, "serve", name, *ports])
 
     def spawn(self, ns, argv):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE,
@@ -452,17 +654,27 @@ class Lab:
                 str(port)] + ([src] if src else [])
         return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
 
+    def probe6(self, ns, proto, host, port, src=None):
+        """probe() over IPv6: "NAME SOURCE" of the server reached, "timeout", ..."""
+        return sh("ip", "netns", "exec", ns, self.python, "-c", PROBE6, proto, host,
+                  str(port), *([src] if src else [])).stdout.strip()
+
     def sh_host(self, *argv):
         return sh("ip", "netns", "exec", self.host, *argv).stdout.strip()
 
-    def iptables_save(self, *args):
-        """The host's rules without counters and timestamps."""
-        out = sh("ip", "netns", "exec", self.host, "iptables-legacy-save", *args).stdout
+    def iptables_save(self, *args, version=4):
+        """The host's rules without counters and timestamps (version=6: ip6tables')."""
+        out = sh("ip", "netns", "exec", self.host,
+                 f"ip{'6' * (version == 6)}tables-legacy-save", *args).stdout
         return "\n".join(line.split(" [")[0] if line.startswith(":") else line
                          for line in out.splitlines() if not line.startswith("#"))
 
     def iptables(self, *args, check=True):
         return sh("ip", "netns", "exec", self.host, "iptables-legacy", "-w", *args, check=check)
+
+    def ip6tables(self, *args, check=True):
+        return sh("ip", "netns", "exec", self.host, "ip6tables-legacy", "-w", *args,
+                  check=check)
 
     def close(self):
         for proc in self.procs:
