@@ -9,12 +9,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from shared import FAKEPVE
 
-from lab import IFUPDOWN2, INSTALLED, PEER_IP, PUBLIC_IP, REPO, Lab, pve_root, sh
+from lab import IFUPDOWN2, INSTALLED, PEER_IP, PUBLIC_IP, REPO, ROUTER_LL, Lab, pve_root, sh
 from lab import PVE_INTERFACES as INTERFACES
 
 STANZA = ("\nauto vmbr1\niface vmbr1 inet static\n\taddress 172.22.161.254/24\n"
@@ -360,3 +361,140 @@ def test_the_snippet_goes_where_storage_local_keeps_snippets(lab):
     off_the_bridge(lab)
     run(lab, "uninstall")
     assert not os.path.exists(snippet)
+
+
+@pytest.fixture
+def ra_lab(tmp_path):
+    """The hoster puts the /64 on vmbr0's link and the host learns its IPv6 default route
+    (via fe80::1) and its address (SLAAC) from the router's advertisements, every 10 s."""
+    yield from install_lab(tmp_path, ipv6="on-link", ipv6_ra=True)
+
+
+def ipv6_sysctls(lab) -> dict:
+    return {key: lab.sh_host("sysctl", "-n", key) for key in (
+        "net.ipv6.conf.all.forwarding", "net.ipv6.conf.vmbr0.forwarding",
+        "net.ipv6.conf.vmbr0.accept_ra", "net.ipv6.conf.vmbr0.proxy_ndp")}
+
+
+def ra_route(lab) -> list:
+    """The host's IPv6 default routes, as (gateway, device, protocol)."""
+    return [(r.get("gateway"), r.get("dev"), r.get("protocol")) for r in lab.default_routes6()]
+
+
+def route_comes_back(lab, timeout=30):
+    """The default route deleted, then learned again from the next advertisement: the
+    host still takes them."""
+    sh("ip", "-n", lab.host, "-6", "route", "del", "default", "via", ROUTER_LL, "dev", "vmbr0")
+    assert ra_route(lab) == []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ra_route(lab):
+            return ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
+        time.sleep(0.2)
+    return False
+
+
+def test_install_with_ipv6_keeps_the_default_route_from_router_advertisements(ra_lab):
+    """Forwarding on purges a default route learned from advertisements on an interface
+    whose accept_ra is not 2 (net/ipv6/route.c __rt6_purge_dflt_routers): install sets
+    accept_ra=2 first, and the route stays and keeps being refreshed; uninstall puts
+    every value back."""
+    lab = ra_lab
+    before = ipv6_sysctls(lab)
+    assert before == {"net.ipv6.conf.all.forwarding": "0", "net.ipv6.conf.vmbr0.forwarding": "0",
+                      "net.ipv6.conf.vmbr0.accept_ra": "1", "net.ipv6.conf.vmbr0.proxy_ndp": "0"}
+    assert ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
+    slaac = [f"{a['local']}/{a['prefixlen']}" for i in json.loads(lab.sh_host(
+        "ip", "-j", "-6", "addr", "show", "dev", "vmbr0", "scope", "global"))
+        for a in i["addr_info"] if "local" in a]
+    assert len(slaac) == 1 and slaac[0].startswith("2001:db8:1:2:")
+
+    # ipv6 off (the default): install proposes it, and changes nothing of IPv6
+    out = run(lab, "install", "--dry-run")
+    assert f"pvenat: vmbr0 has {slaac[0]}: add 'ipv6: true' to {lab.config} to give guests " \
+        f"IPv6 (prefix 2001:db8:1:2::/64: the /64 of {slaac[0]} on vmbr0; on-link: " in out
+    assert "IPv6 forwarding" not in out
+
+    lab.write_config("ipv6: true\n")
+    dry = run(lab, "install", "--dry-run")
+    sysctl_file = os.path.join(lab.root, "etc/sysctl.d/80-pvenat-ipv6.conf")
+    assert f"would enable IPv6 forwarding ({sysctl_file}, now 0); accept_ra=2 on vmbr0; " \
+        "proxy_ndp=1 on vmbr0" in dry
+    assert dry.index("sysctl -w net.ipv6.conf.vmbr0.accept_ra=2") < \
+        dry.index("sysctl -w net.ipv6.conf.all.forwarding=1")
+    assert "pvenat: vmbr0 has" not in dry  # on: no proposal
+    assert ipv6_sysctls(lab) == before
+
+    out = run(lab, "install")
+    assert f"enable IPv6 forwarding ({sysctl_file}, now 0); accept_ra=2 on vmbr0; " \
+        "proxy_ndp=1 on vmbr0\n" in out
+    assert ipv6_sysctls(lab) == {
+        "net.ipv6.conf.all.forwarding": "1", "net.ipv6.conf.vmbr0.forwarding": "1",
+        "net.ipv6.conf.vmbr0.accept_ra": "2", "net.ipv6.conf.vmbr0.proxy_ndp": "1"}
+    assert ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
+    with open(sysctl_file) as f:
+        assert [line for line in f.read().splitlines() if not line.startswith("#")] == [
+            "net.ipv6.conf.vmbr0.accept_ra = 2", "net.ipv6.conf.vmbr0.proxy_ndp = 1",
+            "net.ipv6.conf.all.forwarding = 1"]
+    assert run(lab, "install") == "pvenat: nothing to change\n"
+    assert route_comes_back(lab)  # advertisements still count with forwarding on
+
+    off_the_bridge(lab)
+    out = run(lab, "uninstall")
+    assert f"remove the IPv6 forwarding settings ({sysctl_file}); put back forwarding=0, " \
+        "accept_ra=1 on vmbr0, proxy_ndp=0 on vmbr0" in out
+    assert ipv6_sysctls(lab) == before and not os.path.exists(sysctl_file)
+    assert ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
+    assert not os.path.exists(os.path.join(lab.root, "etc/pvenat/installed.json"))
+
+
+def test_install_with_ipv6_rolls_back_when_the_host_loses_its_default_route(ra_lab):
+    """accept_ra=2 does not reach the kernel (pvenat's run sees a plain file bind-mounted
+    over vmbr0's accept_ra, in its own mount namespace): forwarding on purges the route.
+    Install puts forwarding, accept_ra and proxy_ndp back, writes no sysctl file, says
+    why and stops before any other step; the next advertisement brings the route back."""
+    lab = ra_lab
+    before = ipv6_sysctls(lab)
+    lab.write_config("ipv6: true\n")
+    stand_in = os.path.join(lab.dir, "accept_ra")
+    with open(stand_in, "w") as f:
+        f.write("1\n")
+    argv = lab.pvenat_argv("install", "--root", lab.root)
+    at = argv.index("env")  # ip netns exec HOST | env -i ... python -m pvehook ...
+    argv[at:at] = ["sh", "-c", 'mount --bind "$0" /proc/sys/net/ipv6/conf/vmbr0/accept_ra '
+                   '&& exec "$@"', stand_in]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd="/")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "turning on IPv6 forwarding lost the host's IPv6 default route via fe80::1 dev " \
+        "vmbr0 (from router advertisements), so every IPv6 setting is back as it was " \
+        "(net.ipv6.conf.vmbr0.accept_ra=1, net.ipv6.conf.vmbr0.proxy_ndp=0, " \
+        "net.ipv6.conf.all.forwarding=0)" in result.stderr
+    assert ipv6_sysctls(lab) == before
+    assert open(stand_in).read().strip() == "1"  # what pvenat saw, put back too
+    assert not os.path.exists(os.path.join(lab.root, "etc/sysctl.d/80-pvenat-ipv6.conf"))
+    # the first step: nothing else was done, nothing is recorded
+    assert not os.path.exists(os.path.join(lab.root, "etc/pvenat/installed.json"))
+    assert link(lab, "vmbr1") is None
+    end = time.monotonic() + 30
+    while not ra_route(lab) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
+
+
+def test_install_without_ipv6_says_that_the_bridge_dropped_the_route(ra_lab):
+    """ifupdown2 turns IPv6 forwarding on for vmbr1 (a bridge with an address), and the
+    kernel drops the default route vmbr0 learned from advertisements (accept_ra 1): with
+    ipv6 off install leaves accept_ra alone, says so, and the route comes back with the
+    next advertisement."""
+    lab = ra_lab
+    out = run(lab, "install")
+    assert "pvenat: bringing up vmbr1 (ifupdown2 turns IPv6 forwarding on for a bridge with " \
+        "an address) made the kernel drop the host's IPv6 default route via fe80::1 dev " \
+        "vmbr0 (from router advertisements); it comes back with the router's next " \
+        "advertisement" in out
+    assert lab.sh_host("sysctl", "-n", "net.ipv6.conf.vmbr1.forwarding") == "1"
+    assert lab.sh_host("sysctl", "-n", "net.ipv6.conf.vmbr0.accept_ra") == "1"
+    end = time.monotonic() + 30
+    while not ra_route(lab) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert ra_route(lab) == [(ROUTER_LL, "vmbr0", "ra")]
