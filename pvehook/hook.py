@@ -79,7 +79,7 @@ def refusals(ctx, guest, plan, who: str = "") -> list[PvenatError]:
     For attach and check: an admin hears of a problem when making it, not at the next
     start. No lock: nothing is written, and a start checks again under it."""
     forwards = plan is not None and bool(plan.forwards)
-    mine = leases.leases_for(guest, plan, ctx.host)
+    mine = leases.leases_for(guest, plan, ctx.host, net6=hostnet.ipv6_net(ctx.host))
     checks = []
     if forwards:
         checks.append(lambda: hostnet.public(ctx.host))
@@ -118,7 +118,7 @@ def pre_start(ctx, vmid):
     guest = load_guest(ctx, vmid)
     net6 = hostnet.ipv6_net(ctx.host)
     plan = plan_for(guest, ctx.host, net6=net6)
-    mine = leases.leases_for(guest, plan, ctx.host)
+    mine = leases.leases_for(guest, plan, ctx.host, net6=net6)
     ip6 = address6(guest, plan, net6, ctx.host.lan_bridge)
     if plan is None and not mine and ip6 is None:
         return ""

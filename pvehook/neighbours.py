@@ -54,17 +54,17 @@ def entries(net: Net, addresses) -> Entries:
 
 def batch(have: Entries, want: Entries, lan_bridge: str, wan_bridge: str) -> str:
     """The ip -batch input that turns ``have`` into ``want``; '' when nothing differs."""
-    lines = [f"-6 route del {a}/128 dev {lan_bridge} proto {ROUTE_PROTO}"
+    lines = [f"route del {a}/128 dev {lan_bridge} proto {ROUTE_PROTO}"
              for a in sorted(have.routes - want.routes)]
-    lines += [f"-6 neigh del proxy {a} dev {wan_bridge}"
+    lines += [f"neigh del proxy {a} dev {wan_bridge}"
               for a in sorted(have.proxies - want.proxies)]
-    lines += [f"-6 route del unreachable {p} proto {ROUTE_PROTO}"
+    lines += [f"route del unreachable {p} proto {ROUTE_PROTO}"
               for p in sorted(have.unreachable - want.unreachable)]
-    lines += [f"-6 route replace unreachable {p} proto {ROUTE_PROTO}"
+    lines += [f"route replace unreachable {p} proto {ROUTE_PROTO}"
               for p in sorted(want.unreachable - have.unreachable)]
-    lines += [f"-6 route replace {a}/128 dev {lan_bridge} proto {ROUTE_PROTO}"
+    lines += [f"route replace {a}/128 dev {lan_bridge} proto {ROUTE_PROTO}"
               for a in sorted(want.routes - have.routes)]
-    lines += [f"-6 neigh replace proxy {a} dev {wan_bridge}"
+    lines += [f"neigh replace proxy {a} dev {wan_bridge}"
               for a in sorted(want.proxies - have.proxies)]
     return "".join(line + "\n" for line in lines)
 
@@ -149,9 +149,9 @@ class Neighbours:
             for a in iface.get("addr_info", [])}
         out = ""
         if was and was != lan and was in have:
-            out += f"-6 address del {was} dev {self.host.lan_bridge}\n"
+            out += f"address del {was} dev {self.host.lan_bridge}\n"
         if lan and lan not in have:
-            out += f"-6 address replace {lan} dev {self.host.lan_bridge} noprefixroute " \
+            out += f"address replace {lan} dev {self.host.lan_bridge} noprefixroute " \
                 "nodad\n"
         return out
 
@@ -174,7 +174,8 @@ class Neighbours:
 
 def run_batch(script: str):
     try:
-        proc = subprocess.run(["ip", "-force", "-batch", "-"], input=script,
+        # -6 for every line: iproute2's batch takes no per-line family option
+        proc = subprocess.run(["ip", "-6", "-force", "-batch", "-"], input=script,
                               capture_output=True, text=True)
     except OSError as e:
         raise PvenatError("host", f"ip could not be run: {e.strerror}") from None

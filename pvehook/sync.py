@@ -115,7 +115,7 @@ def plan(ctx, result: SyncResult, dry_run: bool) -> Planned:
                 result.problems[info.vmid] = e.message
                 out.broken.add(info.vmid)
         if guest is not None and guest.config.get("hookscript") == HOOKSCRIPT:
-            out.leases += leases.leases_for(guest, plan, host)
+            out.leases += leases.leases_for(guest, plan, host, net6=net6)
     if fresh.keys() != cached.keys() and not dry_run:
         plancache.save(cache_path, fresh)
     return out
