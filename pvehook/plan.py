@@ -192,13 +192,17 @@ def summary(plan: GuestPlan, public_ip: str, who: str = "") -> str:
 
 def opened6(plan: GuestPlan) -> str:
     """What the guest's forwards open on its IPv6 address, where there is no NAT: the
-    guest-side ports, from the allow-lists' IPv6 sources."""
-    parts = []
+    guest-side ports, from the allow-lists' IPv6 sources; protocols merged as summary()
+    merges them."""
+    merged: dict[tuple, list[str]] = {}
     for f in plan.forwards:
         sources = f.allow_family(6)
         if sources is not None:
-            text = f"{f.proto} {format_range(*f.guest)}"
-            if sources:
-                text += " from " + ",".join(s.removesuffix("/128") for s in sources)
-            parts.append(text)
+            merged.setdefault((f.guest, sources), []).append(f.proto)
+    parts = []
+    for (guest, sources), protos in merged.items():
+        text = f"{'+'.join(protos)} {format_range(*guest)}"
+        if sources:
+            text += " from " + ",".join(s.removesuffix("/128") for s in sources)
+        parts.append(text)
     return ", ".join(parts)
