@@ -11,6 +11,11 @@ so a packet for an unused address is not sent back upstream until its hop limit 
 out. The host's own address on lan_bridge has no prefix route (noprefixroute): the
 /128 routes say which guests are here.
 
+On-link, the guests have the whole /64 on their link, and would look for the host's
+own addresses of it (on wan_bridge) by neighbour solicitation on lan_bridge, where Linux
+answers only for lan_bridge's own addresses: so the host answers there for those, by
+proxy entries on lan_bridge (pvenat's bridge).
+
 Added at pre-start, removed at post-stop, reconciled by sync, like the rules; only the
 difference is changed, in one ``ip -batch``.
 """
@@ -21,6 +26,7 @@ import subprocess
 from typing import NamedTuple
 
 from . import files
+from .hostnet import wan_addresses6
 from .errors import PvenatError
 from .ipv6 import Net
 
@@ -40,15 +46,17 @@ class Entries(NamedTuple):
     routes: frozenset  # addresses (text)
     proxies: frozenset
     unreachable: frozenset = frozenset()  # the routed prefix
+    host: frozenset = frozenset()  # on-link: the host's wan addresses, answered on lan
 
 
 NONE = Entries(frozenset(), frozenset())
 
 
-def entries(net: Net, addresses) -> Entries:
+def entries(net: Net, addresses, host=()) -> Entries:
+    """``host``: the host's own addresses on wan_bridge inside the prefix."""
     mine = frozenset(addresses)
     if net.upstream == "on-link":
-        return Entries(mine, mine)
+        return Entries(mine, mine, frozenset(), frozenset(host))
     return Entries(mine, frozenset(), frozenset({net.prefix}))
 
 
@@ -58,6 +66,7 @@ def batch(have: Entries, want: Entries, lan_bridge: str, wan_bridge: str) -> str
              for a in sorted(have.routes - want.routes)]
     lines += [f"neigh del proxy {a} dev {wan_bridge}"
               for a in sorted(have.proxies - want.proxies)]
+    lines += [f"neigh del proxy {a} dev {lan_bridge}" for a in sorted(have.host - want.host)]
     lines += [f"route del unreachable {p} proto {ROUTE_PROTO}"
               for p in sorted(have.unreachable - want.unreachable)]
     lines += [f"route replace unreachable {p} proto {ROUTE_PROTO}"
@@ -66,6 +75,8 @@ def batch(have: Entries, want: Entries, lan_bridge: str, wan_bridge: str) -> str
               for a in sorted(want.routes - have.routes)]
     lines += [f"neigh replace proxy {a} dev {wan_bridge}"
               for a in sorted(want.proxies - have.proxies)]
+    lines += [f"neigh replace proxy {a} dev {lan_bridge}"
+              for a in sorted(want.host - have.host)]
     return "".join(line + "\n" for line in lines)
 
 
@@ -127,7 +138,9 @@ class Neighbours:
         if self.net is None and not state.guests and state.lan is None:
             return ""  # ipv6 off, and nothing of pvenat's to take out
         have = self.read(set(state.guests.values()) | set(wanted.values()))
-        want = entries(self.net, wanted.values()) if self.net else NONE
+        want = entries(self.net, wanted.values(), self._own()) if self.net else NONE
+        if want.host and not dry_run:
+            self._answer_on_lan()
         lan = f"{self.net.lan_address}/64" if self.net else None
         script = self._lan(state.lan, lan) + batch(have, want, self.host.lan_bridge,
                                                    self.host.wan_bridge)
@@ -156,16 +169,38 @@ class Neighbours:
         return out
 
     def read(self, known: set) -> Entries:
-        """pvenat's entries in the kernel: its marked routes, and the proxy entries for
-        ``known`` addresses (the only ones it may take out)."""
+        """pvenat's entries in the kernel: its marked routes, the proxy entries on
+        wan_bridge for ``known`` addresses (the only ones it may take out there), and
+        those on lan_bridge, pvenat's own bridge."""
         routes = _ip_json("-6", "route", "show", "proto", str(ROUTE_PROTO))
         proxies = {p["dst"] for p in _ip_json("-6", "neigh", "show", "proxy", "dev",
                                               self.host.wan_bridge)}
+        on_lan = {p["dst"] for p in _ip_json("-6", "neigh", "show", "proxy", "dev",
+                                             self.host.lan_bridge)}
         return Entries(
             frozenset(r["dst"].split("/")[0] for r in routes
                       if r.get("dev") == self.host.lan_bridge),
             frozenset(proxies & known),
-            frozenset(r["dst"] for r in routes if r.get("type") == "unreachable"))
+            frozenset(r["dst"] for r in routes if r.get("type") == "unreachable"),
+            frozenset(on_lan))
+
+    def _own(self) -> list:
+        """On-link, the host's own addresses on wan_bridge inside the prefix."""
+        if self.net.upstream != "on-link":
+            return []
+        prefix = self.net.network
+        return [str(a.ip) for a in wan_addresses6(self.host.wan_bridge) if a.ip in prefix]
+
+    def _answer_on_lan(self):
+        """proxy_ndp on lan_bridge, pvenat's bridge, for the proxy entries there."""
+        path = f"/proc/sys/net/ipv6/conf/{self.host.lan_bridge}/proxy_ndp"
+        try:
+            with open(path, "r+", encoding="ascii") as f:
+                if f.read().strip() != "1":
+                    f.seek(0)
+                    f.write("1")
+        except OSError as e:
+            raise PvenatError("host", f"{path}: {e.strerror}") from None
 
     def _save(self, state: State):
         files.write_atomic(self.path, json.dumps(

@@ -12,6 +12,9 @@ mangle.
   PVENAT-V6-<hex>: a node of the tree: up to 16 entries, -g a guest or a node; DROP
   PVENAT-<vmid>: the guest's opened ports (RETURN), DROP
 
+and, as for IPv4, the firewall bridges' conntrack zone (raw) and the guests' DHCPv6 and
+DNS to the host (filter INPUT).
+
 The tree keys on the hex digits of the address after the prefix, compressed: a node
 exists only where two or more guests share digits, so a new connection walks a few
 rules per node whatever the number of guests. -g (goto), not -j: a RETURN in a guest's
@@ -23,7 +26,7 @@ import ipaddress
 from . import render
 from .render import PREFIX, Table, Tables, guest_chain, port_match
 
-TABLES = ("mangle", "filter")
+TABLES = ("raw", "mangle", "filter")
 INBOUND = render.INBOUND
 INPUT = render.INPUT
 NODE = PREFIX + "V6-"
@@ -41,6 +44,13 @@ def base(host, net6, addresses: dict) -> Tables:
     root, nodes = tree(addresses)
     mangle = Table(chains={INBOUND: (*head, *root, "-j DROP"), **nodes},
                    jumps=[("FORWARD", f"-d {net6.prefix} -i {host.wan_bridge} -j {INBOUND}")])
+    # The firewall bridges' conntrack zone, as for IPv4 (render.base): with br_netfilter
+    # a guest's packet to the host meets conntrack bridged through fwbrN and again on
+    # the lan bridge, and in one zone the host's answer was INVALID in pve-firewall's
+    # bridged pass (measured: every TCP connection from such a guest to the host failed).
+    zone_jump = ("PREROUTING", f"-i fwbr+ -j {render.ZONE}")
+    raw = Table(chains={render.ZONE: (f"-j CT --zone {render.FIREWALL_BRIDGE_ZONE}",)},
+                jumps=[zone_jump], first={zone_jump})
     filt = Table()
     if host.dhcp:
         # What dnsmasq serves the guests over IPv6 (dhcp.py): router solicitations,
@@ -55,7 +65,7 @@ def base(host, net6, addresses: dict) -> Tables:
         jump = ("INPUT", f"-i {host.lan_bridge} -j {INPUT}")
         filt.jumps.append(jump)
         filt.first = frozenset({jump})
-    return {"mangle": mangle, "filter": filt}
+    return {"raw": raw, "mangle": mangle, "filter": filt}
 
 
 def guest_rules(plan) -> tuple:

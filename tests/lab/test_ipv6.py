@@ -13,7 +13,7 @@ and ip6tables-save is what it was.
 import pytest
 from shared import flow_guests
 
-from lab import LISTED6, PEER6, PREFIX6, address6, lab_fixture
+from lab import LINK6, LISTED6, PEER6, PREFIX6, address6, lab_fixture
 
 A6, B6 = address6(101), address6(102)
 # Guest 101's Notes with an allow-list of both families: IPv6 traffic takes its IPv6
@@ -147,6 +147,12 @@ def test_ipv6_end_to_end(lab):
     assert flow(lab, B, "udp", PEER6, 10000) == f"inet {B6}"
     assert flow(lab, A, "tcp", B6, 11000) == f"g102 {A6}"
     assert flow(lab, B, "tcp", A6, 80) == f"g101 {B6}"  # closed from outside only
+    # the host: its lan address (the guests' DNS server), and on-link its own address of
+    # the /64 on vmbr0, which is on the guests' link too (a reset: nothing listens there)
+    assert flow(lab, A, "tcp", "2001:db8:1:2::1", 9) == "refused"
+    assert flow(lab, B, "tcp", "2001:db8:1:2::1", 9) == "refused"
+    if on_link:
+        assert flow(lab, A, "tcp", LINK6["on-link"][1], 9) == "refused"
 
     # sync finds it all in place, and puts back a route someone removed
     assert "nothing to change" in ok(lab.pvenat("sync"))
