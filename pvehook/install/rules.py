@@ -1,8 +1,11 @@
 """Install step: pvenat's base rules (outbound SNAT, hairpin MASQUERADE, the NAT boundary,
 DHCP and DNS to the host, the jumps); on uninstall every rule of pvenat's, guests'
-included, in every table pvenat writes (rules.Backend.install, .uninstall)."""
+included, in every table pvenat writes (rules.Backend.install, .uninstall), and the
+guests' IPv6 routes, neighbour answers and the host's IPv6 lan address
+(neighbours.Neighbours)."""
 
 from .. import files, hostnet
+from ..neighbours import Neighbours
 from .actions import Action, Do
 
 
@@ -18,10 +21,20 @@ def install(env):
 
 def uninstall(env):
     script = env.rules.uninstall(dry_run=True).text
-    if not script:
+    routes = Neighbours(env.host, None, env.places.state_dir)
+    routed = routes.update({}, dry_run=True)
+    if not script and not routed:
         return None
-    return Action(f"remove every pvenat chain and jump ({families(env.host)})",
-                  Do(script, lambda: _locked(env, env.rules.uninstall)))
+    what = f"remove every pvenat chain and jump ({families(env.host)})" if script else ""
+    if routed:
+        what += (" and " if what else "remove ") + "the guests' IPv6 routes and neighbour " \
+            "answers, the host's IPv6 address on the lan bridge"
+
+    def undo():
+        env.rules.uninstall()
+        routes.update({})
+    return Action(what, Do(script + (f"# ip -6 -batch\n{routed}" if routed else ""),
+                           lambda: _locked(env, undo)))
 
 
 def families(host) -> str:

@@ -341,7 +341,7 @@ class Lab:
              "--dhcp-range=::,constructor:eth0,ra-only", "--ra-param=eth0,10,1800",
              f"--dhcp-leasefile={os.path.join(self.dir, 'ra.leases')}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        for _ in range(100):
+        for _ in range(300):  # dnsmasq's first advertisements, on a busy machine too
             if self.default_routes6():
                 return
             time.sleep(0.05)

@@ -438,9 +438,15 @@ def test_install_with_ipv6_keeps_the_default_route_from_router_advertisements(ra
             "net.ipv6.conf.all.forwarding = 1"]
     assert run(lab, "install") == "pvenat: nothing to change\n"
     assert route_comes_back(lab)  # advertisements still count with forwarding on
+    assert lab.pvenat("sync").returncode == 0  # as the boot unit: the IPv6 lan address
+    assert "inet6 2001:db8:1:2::1/64" in lab.sh_host("ip", "-6", "addr", "show", "dev", "vmbr1")
 
     off_the_bridge(lab)
     out = run(lab, "uninstall")
+    assert "the guests' IPv6 routes and neighbour answers, the host's IPv6 address on the " \
+        "lan bridge" in out
+    assert lab.sh_host("ip", "-6", "route", "show", "proto", "220") == ""
+    assert "2001:db8:1:2::1/64" not in lab.sh_host("ip", "-6", "addr", "show")
     assert f"remove the IPv6 forwarding settings ({sysctl_file}); put back forwarding=0, " \
         "accept_ra=1 on vmbr0, proxy_ndp=0 on vmbr0" in out
     assert ipv6_sysctls(lab) == before and not os.path.exists(sysctl_file)
