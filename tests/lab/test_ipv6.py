@@ -154,11 +154,19 @@ def test_ipv6_end_to_end(lab):
     if on_link:
         assert flow(lab, A, "tcp", LINK6["on-link"][1], 9) == "refused"
 
+    # status says what auto chose, and that both guests are routed
+    status = lab.pvenat("status").stdout
+    assert (f"ok   ipv6: 2001:db8:1:2::/64, {lab.ipv6}, host 2001:db8:1:2::1 on vmbr1"
+            in status), status
+    assert "ok   ipv6 forwarding: on" in status and "ok   ipv6 routes: 2 guests routed" in status
+
     # sync finds it all in place, and puts back a route someone removed
     assert "nothing to change" in ok(lab.pvenat("sync"))
     lab.sh_host("ip", "-6", "route", "del", f"{A6}/128", "dev", "vmbr1")
     if on_link:
         lab.sh_host("ip", "-6", "neigh", "del", "proxy", A6, "dev", "vmbr0")
+    assert "FIX  ipv6 routes: guests 101 lack their route or neighbour answer; run 'pvenat " \
+        "sync'" in lab.pvenat("status").stdout
     assert "IPv6 routes changed" in ok(lab.pvenat("sync"))
     assert flow(lab, I, "tcp", A6, 22) == f"g101 {PEER6}"
 
