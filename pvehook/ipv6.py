@@ -62,9 +62,9 @@ def resolve(settings, wan_bridge: str, wan: list) -> tuple[Net, str]:
 
 def derived(net: Net, vmid: int) -> str:
     """The address a guest gets unless it has one: the prefix and the VMID's digits read
-    as hex, so that guest 101 is PREFIX::101 and 123456789 PREFIX::1:2345:6789. Stable,
-    readable, and unique in the cluster as VMIDs are (PVE's start at 100, clear of the
-    host's PREFIX::1)."""
+    as hex, so that in 2001:db8:1:2::/64 guest 101 is 2001:db8:1:2::101 and 123456789 is
+    2001:db8:1:2:0:1:2345:6789. Stable, readable, and unique in the cluster as VMIDs are
+    (PVE's start at 100, clear of the host's PREFIX::1)."""
     return str(net.network[int(str(vmid), 16)])
 
 
