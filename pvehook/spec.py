@@ -118,25 +118,16 @@ def _find_block(at, text):
 def with_ip(description: str, ip: str) -> str:
     """The Notes with the pvenat block's 'ip:' set to ``ip``: the line replaced, or added as
     the block's first line, or a block of its own appended; the rest as it was."""
-    lines = (description or "").split("\n")
-    for i, line in enumerate(lines):
-        m = _FENCE.fullmatch(line.rstrip("\r"))
-        if m and m.group(3) == "pvenat":
-            end = next((j for j in range(i + 1, len(lines)) if _closes(lines[j], m.group(2))),
-                       len(lines))
-            for j in range(i + 1, end):
-                if re.match(r"ip\s*:", lines[j]):
-                    lines[j] = f"ip: {ip}"
-                    return "\n".join(lines)
-            return "\n".join(lines[:i + 1] + [f"ip: {ip}"] + lines[i + 1:])
-    text = (description or "").rstrip("\n")
-    return (text + "\n\n" if text else "") + f"```pvenat\nip: {ip}\n```"
+    return _with_key(description, "ip", ip)
 
 
 def with_ip6(description: str, ip6: str) -> str:
-    """The Notes with the pvenat block's 'ip6:' set to ``ip6``, as with_ip does for 'ip:':
-    the line replaced, or added after the block's 'ip:' (else as its first line), or a
-    block of its own appended; the rest as it was."""
+    """The Notes with the pvenat block's 'ip6:' set to ``ip6``, as with_ip does for 'ip:',
+    a new line going after the block's 'ip:' when it has one."""
+    return _with_key(description, "ip6", ip6, after="ip")
+
+
+def _with_key(description: str, key: str, value: str, after: str = "") -> str:
     lines = (description or "").split("\n")
     for i, line in enumerate(lines):
         m = _FENCE.fullmatch(line.rstrip("\r"))
@@ -145,14 +136,14 @@ def with_ip6(description: str, ip6: str) -> str:
                        len(lines))
             at = i + 1
             for j in range(i + 1, end):
-                if re.match(r"ip6\s*:", lines[j]):
-                    lines[j] = f"ip6: {ip6}"
+                if re.match(rf"{key}\s*:", lines[j]):
+                    lines[j] = f"{key}: {value}"
                     return "\n".join(lines)
-                if re.match(r"ip\s*:", lines[j]):
+                if after and re.match(rf"{after}\s*:", lines[j]):
                     at = j + 1
-            return "\n".join(lines[:at] + [f"ip6: {ip6}"] + lines[at:])
+            return "\n".join(lines[:at] + [f"{key}: {value}"] + lines[at:])
     text = (description or "").rstrip("\n")
-    return (text + "\n\n" if text else "") + f"```pvenat\nip6: {ip6}\n```"
+    return (text + "\n\n" if text else "") + f"```pvenat\n{key}: {value}\n```"
 
 
 def _closes(line: str, fence: str) -> bool:
