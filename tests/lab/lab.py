@@ -109,56 +109,6 @@ def pve_root(root: str) -> str:
     return root
 
 
-# netprobe's serve and tcp/udp for IPv6 (an IPv6-only socket, beside netprobe's IPv4 one)
-PROBE6 = r"""
-import selectors, socket, sys
-def serve(name, specs):
-    sel = selectors.DefaultSelector()
-    for spec in specs:
-        proto, port = spec.split(":")
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp"
-                          else socket.SOCK_DGRAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("::", int(port)))
-        if proto == "tcp":
-            s.listen(64)
-        sel.register(s, selectors.EVENT_READ, proto)
-    print("ready", flush=True)
-    while True:
-        for key, _ in sel.select():
-            if key.data == "tcp":
-                conn, peer = key.fileobj.accept()
-                with conn:
-                    conn.sendall(f"{name} {peer[0]}\n".encode())
-            else:
-                _, peer = key.fileobj.recvfrom(2048)
-                key.fileobj.sendto(f"{name} {peer[0]}\n".encode(), peer)
-def client(proto, host, port, src=None):
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp"
-                       else socket.SOCK_DGRAM) as s:
-        s.settimeout(3)  # a first packet may wait for proxy NDP's delay (up to 0.8 s)
-        if src:
-            s.bind((src, 0))
-        try:
-            if proto == "tcp":
-                s.connect((host, int(port)))
-            else:
-                s.sendto(b"ping", (host, int(port)))
-            return s.recv(256).decode().strip() or "empty"
-        except ConnectionRefusedError:
-            return "refused"
-        except (socket.timeout, TimeoutError):
-            return "timeout"
-        except OSError as e:
-            return f"error {e.strerror}"
-if sys.argv[1] == "serve":
-    serve(sys.argv[2], sys.argv[3:])
-else:
-    print(client(*sys.argv[1:]))
-"""
-
-
 def address6(vmid) -> str:
     """Guest N's address in PREFIX6: N's decimal digits read as hex (101 -> ::101)."""
     return str(ipaddress.ip_network(PREFIX6)[int(str(vmid), 16)])
@@ -541,7 +491,7 @@ class Lab:
         self.spawn(ns, [self.python, NETPROBE, "serve",
                         name, *ports])
         if self.ipv6 and ports:
-            self.spawn(ns, [self.python, "-c", PROBE6, "serve", name, *ports])
+            self.spawn(ns, [self.python, NETPROBE, "serve6", name, *ports])
 
     def spawn(self, ns, argv):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE,
@@ -650,14 +600,11 @@ class Lab:
         return subprocess.run(self.pvenat_argv(*args), capture_output=True, text=True, cwd="/")
 
     def probe(self, ns, proto, host, port, src=None):
+        """"NAME SOURCE" of the server reached (over IPv4 or IPv6, as ``host`` is),
+        "refused", "timeout", ..."""
         argv = [self.python, NETPROBE, proto, host,
                 str(port)] + ([src] if src else [])
         return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
-
-    def probe6(self, ns, proto, host, port, src=None):
-        """probe() over IPv6: "NAME SOURCE" of the server reached, "timeout", ..."""
-        return sh("ip", "netns", "exec", ns, self.python, "-c", PROBE6, proto, host,
-                  str(port), *([src] if src else [])).stdout.strip()
 
     def sh_host(self, *argv):
         return sh("ip", "netns", "exec", self.host, *argv).stdout.strip()

@@ -2,7 +2,9 @@
 
 serve NAME PROTO:PORT ...   answer every TCP connection or UDP datagram with
                             "NAME SOURCE-IP" (who was reached, and whom it saw)
-tcp|udp HOST PORT [SRC]     connect or send once; print the answer, "refused" or "timeout"
+serve6 NAME PROTO:PORT ...  the same on IPv6 (a socket of its own, beside serve's)
+tcp|udp HOST PORT [SRC]     connect or send once, over IPv4 or IPv6 as HOST is; print the
+                            answer, "refused" or "timeout"
 dns-serve [@ADDR] NAME=IP ...  a DNS server on UDP 53 (of ADDR, else every address) that
                             knows these A records, nothing else
 resolve SERVER NAME         ask SERVER for NAME's A record; print the address, "nxdomain"
@@ -15,16 +17,21 @@ import struct
 import sys
 
 TIMEOUT = 1.5
+# IPv6: a first packet may wait for a proxy neighbour answer, which the kernel delays by
+# up to proxy_delay (0.8 s) to let a real owner answer first
+TIMEOUT6 = 3
 
 
-def serve(name, specs):
+def serve(name, specs, family=socket.AF_INET):
     sel = selectors.DefaultSelector()
     for spec in specs:
         proto, port = spec.split(":")
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        s = socket.socket(socket.AF_INET, kind)
+        s = socket.socket(family, kind)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", int(port)))
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", int(port)))
         if proto == "tcp":
             s.listen(64)
         sel.register(s, selectors.EVENT_READ, proto)
@@ -33,18 +40,19 @@ def serve(name, specs):
         for key, _ in sel.select():
             s = key.fileobj
             if key.data == "tcp":
-                conn, (ip, _) = s.accept()
+                conn, peer = s.accept()
                 with conn:
-                    conn.sendall(f"{name} {ip}\n".encode())
+                    conn.sendall(f"{name} {peer[0]}\n".encode())
             else:
-                _, (ip, port) = s.recvfrom(2048)
-                s.sendto(f"{name} {ip}\n".encode(), (ip, port))
+                _, peer = s.recvfrom(2048)
+                s.sendto(f"{name} {peer[0]}\n".encode(), peer)
 
 
 def client(proto, host, port, src=None):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.settimeout(TIMEOUT)
+    six = ":" in host
+    with socket.socket(socket.AF_INET6 if six else socket.AF_INET, kind) as s:
+        s.settimeout(TIMEOUT6 if six else TIMEOUT)
         if src:
             s.bind((src, 0))
         try:
@@ -116,6 +124,8 @@ def resolve(server, name):
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "serve6":
+        serve(sys.argv[2], sys.argv[3:], socket.AF_INET6)
     elif sys.argv[1] == "dns-serve":
         dns_serve(sys.argv[2:])
     elif sys.argv[1] == "resolve":

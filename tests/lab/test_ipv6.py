@@ -75,20 +75,20 @@ def ok(result):
 
 def flow(lab, ns, proto, host, port, src=None):
     """The answer of three connections in a row; all three must agree."""
-    answers = [lab.probe6(ns, proto, host, port, src) for _ in range(3)]
+    answers = [lab.probe(ns, proto, host, port, src) for _ in range(3)]
     return answers[0] if len(set(answers)) == 1 else answers
 
 
 def closed(lab, ns, proto, host, port, src=None):
     """One attempt: a drop is a drop (each costs the probe's timeout)."""
-    return lab.probe6(ns, proto, host, port, src) == "timeout"
+    return lab.probe(ns, proto, host, port, src) == "timeout"
 
 
 def unreached(lab, ns, proto, host, port):
     """Nothing answers: dropped (a timeout), or, for an address no guest running here has,
     refused at once by the routed prefix's unreachable route; on-link nobody answers the
     router's solicitation."""
-    return lab.probe6(ns, proto, host, port) in (
+    return lab.probe(ns, proto, host, port) in (
         "timeout", "error No route to host", "error Network is unreachable")
 
 

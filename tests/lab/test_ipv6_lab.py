@@ -71,7 +71,7 @@ def undo(lab, vmid):
 
 
 def flow(lab, ns, proto, host, port, src=None):
-    answers = [lab.probe6(ns, proto, host, port, src) for _ in range(3)]
+    answers = [lab.probe(ns, proto, host, port, src) for _ in range(3)]
     return answers[0] if len(set(answers)) == 1 else answers
 
 
@@ -101,7 +101,7 @@ def test_on_link_the_router_delivers_only_to_an_address_someone_answers_for():
     with one_lab("nd", guests(), ipv6="on-link") as lab:
         neigh = ["ip", "-n", lab.inet, "-6", "neigh", "show", G101, "dev", "eth0"]
         by_hand(lab, 101, proxy=False)
-        assert lab.probe6(lab.inet, "udp", G101, 10000) == "timeout"
+        assert lab.probe(lab.inet, "udp", G101, 10000) == "timeout"
         for _ in range(40):  # its last solicitation goes unanswered too
             if "INCOMPLETE" not in sh(*neigh).stdout:
                 break
@@ -186,7 +186,7 @@ def test_pve_firewall_ip6tables_rules():
                                 PREFIX6).stdout  # the router advertisement came
         lab.configure6(101)
         assert flow(lab, lab.inet, "tcp", G101, 80) == f"g101 {PEER6}"
-        assert lab.probe6(lab.inet, "udp", G101, 10000) == "timeout"  # not accepted
+        assert lab.probe(lab.inet, "udp", G101, 10000) == "timeout"  # not accepted
         lab.stop_pve_firewall()
         assert "PVEFW" not in lab.iptables_save(version=6)
         assert flow(lab, lab.inet, "udp", G101, 10000) == f"g101 {PEER6}"
