@@ -30,7 +30,8 @@ class IptablesBackend:
         # read() / apply() / has_chain() / counters() / forget_connections(), and .six,
         # the same for ip6tables (read() / apply())
         self.kernel = kernels.Iptables() if kernel is None else kernel
-        self.six = Ip6(host, kernels.Iptables.ipv6() if kernel is None else kernel.six)
+        self.six = Ip6(host, kernels.Iptables.ipv6() if kernel is None else kernel.six,
+                       state_dir)
 
     # --- one guest: the hooks ----------------------------------------------------------
 
@@ -241,28 +242,59 @@ def joined(text: str, six: str) -> str:
 
 
 class Ip6:
-    """pvenat's ip6tables rules (render6.py): each change reads the kernel back."""
+    """pvenat's ip6tables rules (render6.py). A hook's change is built on the IPv6 index
+    (index.Index6: the prefix and which guest has which address) when there is one, as
+    IPv4's is, and from the kernel when there is none or the kernel refuses a change
+    built on it; sync, install and uninstall read the kernel and write the index anew."""
 
-    def __init__(self, host, kernel):
-        self.host, self.kernel = host, kernel
+    def __init__(self, host, kernel, state_dir):
+        self.host, self.kernel, self.state_dir = host, kernel, state_dir
 
     def change(self, vmid, plan, net6, dry_run=False) -> str:
         """One guest's rules as ``plan`` says (None: gone); refused ('conflict') when a
         running guest has the plan's address. Returns the script applied."""
+        entry = None
+        if plan is not None and plan.address6 and plan.forwards:
+            entry = (plan.address6, render6.guest_rules(plan))
+        known = None if dry_run else index.load6(self.state_dir)
+        if known is not None and (net6 is None or known.net6 == net6):
+            try:
+                return self._change_from_index(known, vmid, entry)
+            except kernels.KernelRefused as e:
+                log.warning("index6.stale", vmid=vmid, error=e.stderr)
+
         def change(current):
             guests = render6.read_guests(current)
             guests.pop(vmid, None)
-            if plan is not None and plan.address6 and plan.forwards:
-                owner = next((v for v, (a, _) in guests.items() if a == plan.address6), None)
-                if owner is not None:
-                    raise PvenatError("conflict", f"guest {vmid}: IPv6 address "
-                                      f"{plan.address6} is already opened to guest {owner}, "
-                                      "which is running on this node; give one of them "
-                                      f"another address (or run 'pvenat sync' if {owner} is "
-                                      "no longer running here)")
-                guests[vmid] = (plan.address6, render6.guest_rules(plan))
-            return self._wanted(current, net6, guests, keep_base=plan is None), None
-        return self._update(change, dry_run)
+            if entry:
+                _check6(vmid, entry[0], guests)
+                guests[vmid] = entry
+            return self._wanted(current, net6, guests, keep_base=plan is None), guests
+        return self._update(change, dry_run, net6)
+
+    def _change_from_index(self, known, vmid, entry) -> str:
+        """The change computed from the index alone: the guest's chain is always
+        rewritten, the tree's chains where they differ; the base is taken as the index
+        says it is (sync puts it back when it is not)."""
+        others = {v: (a, index.UNKNOWN) for v, a in known.guests.items() if v != vmid}
+        before, after = dict(others), dict(others)
+        if vmid in known.guests:
+            before[vmid] = (known.guests[vmid], index.UNKNOWN)  # so: always rewritten
+        if entry:
+            _check6(vmid, entry[0], others)
+            after[vmid] = entry
+        if before == after:
+            return ""
+        script = render.restore_script(render6.desired(self.host, known.net6, before),
+                                       render6.desired(self.host, known.net6, after),
+                                       render6.TABLES)
+        recorded = index.Index6(known.net6, {v: a for v, (a, _) in after.items()})
+        if entry:  # recorded before it exists, forgotten once gone
+            index.save6(self.state_dir, recorded)
+        self.kernel.apply(script)
+        if not entry:
+            index.save6(self.state_dir, recorded)
+        return script
 
     def reconcile(self, net6, wanted, forwarded, refused: dict, dry_run) -> str:
         """After IPv4's reconcile: the IPv6 rules of the guests it forwards, planned
@@ -290,15 +322,18 @@ class Ip6:
                     continue
                 owners[entry[0]] = vmid
                 guests[vmid] = entry
-            return self._wanted(current, net6, guests), None
-        return self._update(change, dry_run)
+            return self._wanted(current, net6, guests), guests
+        return self._update(change, dry_run, net6)
 
     def whole(self, net6, dry_run) -> str:
         """install (the base, guests kept) and uninstall (net6 None: all gone)."""
         if net6 is None and not self._present():
             return ""
-        return self._update(lambda current: (self._wanted(
-            current, net6, render6.read_guests(current)), None), dry_run)
+
+        def change(current):
+            guests = render6.read_guests(current)
+            return self._wanted(current, net6, guests), guests
+        return self._update(change, dry_run, net6)
 
     def base_missing(self, net6) -> list[str]:
         current = self.kernel.read()
@@ -326,11 +361,18 @@ class Ip6:
             wanted[t].jumps = render.merge_jumps(current[t].jumps, wanted[t].jumps)
         return wanted
 
-    def _update(self, change, dry_run) -> str:
+    def _update(self, change, dry_run, net6) -> str:
+        """Read the kernel, write what ``change`` wants, and the index anew (none when
+        ``net6`` is not known: a stop's, or ipv6 off)."""
         if dry_run:
             current = self.kernel.read()
             return render.restore_script(current, change(current)[0], render6.TABLES)
-        return kernels.update(self.kernel, change, render6.TABLES)[0]
+        index.drop6(self.state_dir)  # while the kernel changes, trust the kernel alone
+        script, guests = kernels.update(self.kernel, change, render6.TABLES)
+        if net6 is not None:
+            index.save6(self.state_dir, index.Index6(
+                net6, {v: a for v, (a, _) in guests.items()}))
+        return script
 
     def _present(self) -> bool:
         """Whether the kernel has any of pvenat's IPv6 rules: with ipv6 off, a host
@@ -340,6 +382,15 @@ class Ip6:
         except PvenatError:
             return False
         return any(current[t].chains or current[t].jumps for t in render6.TABLES)
+
+
+def _check6(vmid, address, guests):
+    owner = next((v for v, (a, _) in guests.items() if a == address), None)
+    if owner is not None:
+        raise PvenatError("conflict", f"guest {vmid}: IPv6 address {address} is already "
+                          f"opened to guest {owner}, which is running on this node; give "
+                          "one of them another address (or run 'pvenat sync' if "
+                          f"{owner} is no longer running here)")
 
 
 def running_here(current) -> Held:

@@ -20,6 +20,7 @@ from ..rules import Public
 from . import parse, render
 
 NAME = "index.json"
+NAME6 = "index6.json"
 UNKNOWN = ("(rules not read from the kernel)",)
 
 
@@ -87,5 +88,35 @@ def drop(state_dir: str):
     """After a change not made by a hook: the next hook reads the kernel."""
     try:
         os.remove(os.path.join(state_dir, NAME))
+    except FileNotFoundError:
+        pass
+
+
+class Index6(NamedTuple):
+    """What pvenat last wrote to ip6tables: the guests' network the base rules are for,
+    and the guests with rules there ({vmid: address}); their rules are not kept, a
+    hook rewrites its guest's chain whole."""
+
+    net6: Net
+    guests: dict
+
+
+def load6(state_dir: str):
+    try:
+        with open(os.path.join(state_dir, NAME6), encoding="utf-8") as f:
+            raw = json.load(f)
+        return Index6(Net(*raw["net6"]), {int(v): a for v, a in raw["guests"].items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save6(state_dir: str, known: Index6):
+    files.write_atomic(os.path.join(state_dir, NAME6), json.dumps(
+        {"net6": known.net6, "guests": known.guests}, separators=(",", ":")))
+
+
+def drop6(state_dir: str):
+    try:
+        os.remove(os.path.join(state_dir, NAME6))
     except FileNotFoundError:
         pass

@@ -114,6 +114,12 @@ def address6(vmid) -> str:
     return str(ipaddress.ip_network(PREFIX6)[int(str(vmid), 16)])
 
 
+def ok(result):
+    """A command's output, once it succeeded."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
 def lab_fixture(guests, **options):
     """A namespace lab for a fixture to yield from; removed whatever the tests did."""
     import pytest
@@ -605,6 +611,12 @@ class Lab:
         argv = [self.python, NETPROBE, proto, host,
                 str(port)] + ([src] if src else [])
         return sh("ip", "netns", "exec", ns, *argv).stdout.strip()
+
+    def flow(self, ns, proto, host, port, src=None):
+        """The answer of three connections in a row; all three must agree (a flow that
+        works two times out of three is broken)."""
+        answers = [self.probe(ns, proto, host, port, src) for _ in range(3)]
+        return answers[0] if len(set(answers)) == 1 else answers
 
     def sh_host(self, *argv):
         return sh("ip", "netns", "exec", self.host, *argv).stdout.strip()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lab import (DNS_ANSWER, GATEWAY6, NETPROBE, PEER_IP, PREFIX6, PUBLIC_IP, lab_fixture,
+from lab import (DNS_ANSWER, GATEWAY6, NETPROBE, PEER_IP, PREFIX6, PUBLIC_IP, lab_fixture, ok,
                  sh)
 
 MACS = {vmid: f"BC:24:11:00:01:{vmid - 100:02X}" for vmid in (101, 102, 103, 104, 105)}
@@ -101,11 +101,6 @@ def test_the_server_is_on_the_lan_bridge_alone_beside_the_hosts_own(lab):
     assert "10.250.0.1:53" in sockets
     lease = lab.dhcp_client(None, namespace=f"{lab.prefix}-sdn")
     assert (lease["ip"], lease["router"]) == (SDN_CLIENT, "10.250.0.1")
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
 
 
 def test_guests_get_their_address_gateway_and_dns(lab):

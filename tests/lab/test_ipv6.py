@@ -13,7 +13,7 @@ and ip6tables-save is what it was.
 import pytest
 from shared import flow_guests
 
-from lab import LINK6, LISTED6, PEER6, PREFIX6, address6, lab_fixture
+from lab import LINK6, LISTED6, PEER6, PREFIX6, address6, lab_fixture, ok
 
 A6, B6 = address6(101), address6(102)
 # Guest 101's Notes with an allow-list of both families: IPv6 traffic takes its IPv6
@@ -68,17 +68,6 @@ def lab(request):
         yield lab
 
 
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def flow(lab, ns, proto, host, port, src=None):
-    """The answer of three connections in a row; all three must agree."""
-    answers = [lab.probe(ns, proto, host, port, src) for _ in range(3)]
-    return answers[0] if len(set(answers)) == 1 else answers
-
-
 def closed(lab, ns, proto, host, port, src=None):
     """One attempt: a drop is a drop (each costs the probe's timeout)."""
     return lab.probe(ns, proto, host, port, src) == "timeout"
@@ -126,15 +115,15 @@ def test_ipv6_end_to_end(lab):
     assert ("unreachable 2001:db8:1:2::/64" in routes(lab)) == (not on_link)
 
     # the internet reaches the forwards' guest-side ports, with its own address
-    assert flow(lab, I, "tcp", A6, 22) == f"g101 {PEER6}"
-    assert flow(lab, I, "tcp", A6, 10099) == f"g101 {PEER6}"
-    assert flow(lab, I, "udp", A6, 10000) == f"g101 {PEER6}"
-    assert flow(lab, I, "tcp", A6, 9005) == f"g101 {PEER6}"
-    assert flow(lab, I, "udp", B6, 11000) == f"g102 {PEER6}"
-    assert flow(lab, I, "tcp", B6, 11000) == f"g102 {PEER6}"
+    assert lab.flow(I, "tcp", A6, 22) == f"g101 {PEER6}"
+    assert lab.flow(I, "tcp", A6, 10099) == f"g101 {PEER6}"
+    assert lab.flow(I, "udp", A6, 10000) == f"g101 {PEER6}"
+    assert lab.flow(I, "tcp", A6, 9005) == f"g101 {PEER6}"
+    assert lab.flow(I, "udp", B6, 11000) == f"g102 {PEER6}"
+    assert lab.flow(I, "tcp", B6, 11000) == f"g102 {PEER6}"
     # the allow-list's IPv6 source passes, another does not; an IPv4-only list is closed
-    assert flow(lab, I, "tcp", A6, 3389, LISTED6) == f"g101 {LISTED6}"
-    assert flow(lab, I, "udp", A6, 3389, LISTED6) == f"g101 {LISTED6}"
+    assert lab.flow(I, "tcp", A6, 3389, LISTED6) == f"g101 {LISTED6}"
+    assert lab.flow(I, "udp", A6, 3389, LISTED6) == f"g101 {LISTED6}"
     assert closed(lab, I, "tcp", A6, 3389)
     assert closed(lab, I, "tcp", A6, 80)
     # nothing else: not the public side of a forward, not an unopened port, not an
@@ -143,16 +132,16 @@ def test_ipv6_end_to_end(lab):
     assert closed(lab, I, "tcp", A6, 18005)
     assert unreached(lab, I, "tcp", address6(103), 22)
     # guests reach the internet with their own address, and each other
-    assert flow(lab, A, "tcp", PEER6, 80) == f"inet {A6}"
-    assert flow(lab, B, "udp", PEER6, 10000) == f"inet {B6}"
-    assert flow(lab, A, "tcp", B6, 11000) == f"g102 {A6}"
-    assert flow(lab, B, "tcp", A6, 80) == f"g101 {B6}"  # closed from outside only
+    assert lab.flow(A, "tcp", PEER6, 80) == f"inet {A6}"
+    assert lab.flow(B, "udp", PEER6, 10000) == f"inet {B6}"
+    assert lab.flow(A, "tcp", B6, 11000) == f"g102 {A6}"
+    assert lab.flow(B, "tcp", A6, 80) == f"g101 {B6}"  # closed from outside only
     # the host: its lan address (the guests' DNS server), and on-link its own address of
     # the /64 on vmbr0, which is on the guests' link too (a reset: nothing listens there)
-    assert flow(lab, A, "tcp", "2001:db8:1:2::1", 9) == "refused"
-    assert flow(lab, B, "tcp", "2001:db8:1:2::1", 9) == "refused"
+    assert lab.flow(A, "tcp", "2001:db8:1:2::1", 9) == "refused"
+    assert lab.flow(B, "tcp", "2001:db8:1:2::1", 9) == "refused"
     if on_link:
-        assert flow(lab, A, "tcp", LINK6["on-link"][1], 9) == "refused"
+        assert lab.flow(A, "tcp", LINK6["on-link"][1], 9) == "refused"
 
     # status says what auto chose, and that both guests are routed
     status = lab.pvenat("status").stdout
@@ -168,14 +157,14 @@ def test_ipv6_end_to_end(lab):
     assert "FIX  ipv6 routes: guests 101 lack their route or neighbour answer; run 'pvenat " \
         "sync'" in lab.pvenat("status").stdout
     assert "IPv6 routes changed" in ok(lab.pvenat("sync"))
-    assert flow(lab, I, "tcp", A6, 22) == f"g101 {PEER6}"
+    assert lab.flow(I, "tcp", A6, 22) == f"g101 {PEER6}"
 
     assert ok(lab.hook(101, "post-stop")) == \
         "pvenat: 101: forwards removed and IPv6 route removed"
     assert lab.iptables_save(version=6) == before
     assert A6 not in routes(lab) and A6 not in proxies(lab)
     assert unreached(lab, I, "tcp", A6, 22)
-    assert flow(lab, I, "udp", B6, 11000) == f"g102 {PEER6}"  # 102 unaffected
+    assert lab.flow(I, "udp", B6, 11000) == f"g102 {PEER6}"  # 102 unaffected
     assert ok(lab.hook(101, "post-stop")) == ""  # nothing left to remove
     ok(lab.hook(102, "post-stop"))
     assert lab.iptables_save(version=6) == empty

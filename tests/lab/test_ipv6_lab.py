@@ -70,11 +70,6 @@ def undo(lab, vmid):
     sh("ip", "-n", lab.inet, "-6", "neigh", "flush", "dev", "eth0")
 
 
-def flow(lab, ns, proto, host, port, src=None):
-    answers = [lab.probe(ns, proto, host, port, src) for _ in range(3)]
-    return answers[0] if len(set(answers)) == 1 else answers
-
-
 @pytest.fixture(scope="module", params=["routed", "on-link"])
 def lab(request):
     yield from lab_fixture(guests(), ipv6=request.param)
@@ -84,9 +79,9 @@ def test_the_internet_reaches_a_guest_address_and_back(lab):
     by_hand(lab, 101)
     try:
         for proto, port in (("tcp", 80), ("udp", 10000)):
-            assert flow(lab, lab.inet, proto, G101, port) == f"g101 {PEER6}"
-            assert flow(lab, lab.inet, proto, G101, port, LISTED6) == f"g101 {LISTED6}"
-        assert flow(lab, lab.ns(101), "tcp", PEER6, 80) == f"inet {G101}"
+            assert lab.flow(lab.inet, proto, G101, port) == f"g101 {PEER6}"
+            assert lab.flow(lab.inet, proto, G101, port, LISTED6) == f"g101 {LISTED6}"
+        assert lab.flow(lab.ns(101), "tcp", PEER6, 80) == f"inet {G101}"
         # the host's own traffic leaves by its default route, via the router's fe80::1
         assert [(r["gateway"], r["dev"]) for r in lab.default_routes6()] == \
             [(ROUTER_LL, "vmbr0")]
@@ -108,7 +103,7 @@ def test_on_link_the_router_delivers_only_to_an_address_someone_answers_for():
             time.sleep(0.05)
         assert sh(*neigh).stdout.split()[1:] == ["FAILED"]
         by_hand(lab, 101)
-        assert flow(lab, lab.inet, "udp", G101, 10000) == f"g101 {PEER6}"
+        assert lab.flow(lab.inet, "udp", G101, 10000) == f"g101 {PEER6}"
         mac = lab.node.read("/sys/class/net/vmbr0/address")
         assert f"lladdr {mac}" in sh(*neigh).stdout
 
@@ -162,8 +157,8 @@ def test_a_dhcpv6_guest_gets_its_address_route_and_dns():
         got = lab.dhcp6_client(101)
         assert got == {"addresses": [f"{G101}/128"],
                        "routes": [lab.link_local(lab.host, "vmbr1")], "dns": [DNS6]}
-        assert flow(lab, lab.ns(101), "tcp", PEER6, 80) == f"inet {G101}"
-        assert flow(lab, lab.inet, "tcp", G101, 80) == f"g101 {PEER6}"
+        assert lab.flow(lab.ns(101), "tcp", PEER6, 80) == f"inet {G101}"
+        assert lab.flow(lab.inet, "tcp", G101, 80) == f"g101 {PEER6}"
 
 
 def test_pve_firewall_ip6tables_rules():
@@ -185,11 +180,11 @@ def test_pve_firewall_ip6tables_rules():
         assert "proto ra" in sh("ip", "-n", lab.ns(101), "-6", "route", "show",
                                 PREFIX6).stdout  # the router advertisement came
         lab.configure6(101)
-        assert flow(lab, lab.inet, "tcp", G101, 80) == f"g101 {PEER6}"
+        assert lab.flow(lab.inet, "tcp", G101, 80) == f"g101 {PEER6}"
         assert lab.probe(lab.inet, "udp", G101, 10000) == "timeout"  # not accepted
         lab.stop_pve_firewall()
         assert "PVEFW" not in lab.iptables_save(version=6)
-        assert flow(lab, lab.inet, "udp", G101, 10000) == f"g101 {PEER6}"
+        assert lab.flow(lab.inet, "udp", G101, 10000) == f"g101 {PEER6}"
 
 
 def test_prefix():

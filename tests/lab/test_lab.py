@@ -14,7 +14,7 @@ import re
 import pytest
 from shared import flow_guests
 
-from lab import LISTED_IP, NEIGHBOUR_IP, PEER_IP, PUBLIC_IP, lab_fixture
+from lab import LISTED_IP, NEIGHBOUR_IP, PEER_IP, PUBLIC_IP, lab_fixture, ok
 
 # How a hook reads the guest's config: files (the default: /etc/pve), or the API through
 # proxmoxer, on pvesh (backend local, the default; Debian's proxmoxer 1.2 too) or HTTPS
@@ -49,17 +49,6 @@ def lab(request):
                            config_source=source, firewall="iptables" if firewall else None)
 
 
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def flow(lab, ns, proto, host, port, src=None):
-    """The answer of three connections in a row; all three must agree."""
-    answers = [lab.probe(ns, proto, host, port, src) for _ in range(3)]
-    return answers[0] if len(set(answers)) == 1 else answers
-
-
 def port(lab, vmid):
     """The guest's port on the lan bridge: its tap or veth, or fwpr behind a firewall
     bridge."""
@@ -89,33 +78,33 @@ def test_forwards_end_to_end(lab):
     assert ok(lab.hook(101, "pre-stop")) == ""
 
     # outside -> public:port reaches the guest, with the client's own address
-    assert flow(lab, I, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
-    assert flow(lab, I, "tcp", PUBLIC_IP, 10099) == f"g101 {PEER_IP}"
-    assert flow(lab, I, "udp", PUBLIC_IP, 10000) == f"g101 {PEER_IP}"
-    assert flow(lab, I, "tcp", PUBLIC_IP, 18005) == f"g101 {PEER_IP}"  # shifted to 9005
-    assert flow(lab, I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 10099) == f"g101 {PEER_IP}"
+    assert lab.flow(I, "udp", PUBLIC_IP, 10000) == f"g101 {PEER_IP}"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 18005) == f"g101 {PEER_IP}"  # shifted to 9005
+    assert lab.flow(I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
     # guest B -> public:port -> guest A, and guest A -> its own public port
-    assert flow(lab, B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
-    assert flow(lab, B, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
-    assert flow(lab, A, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
-    assert flow(lab, A, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
-    assert flow(lab, A, "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    assert lab.flow(B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+    assert lab.flow(B, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
+    assert lab.flow(A, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+    assert lab.flow(A, "udp", PUBLIC_IP, 10000) == "g101 172.22.161.254"
+    assert lab.flow(A, "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
     # host -> public:port
-    assert flow(lab, H, "tcp", PUBLIC_IP, 12222) == f"g101 {PUBLIC_IP}"
-    assert flow(lab, H, "udp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"
+    assert lab.flow(H, "tcp", PUBLIC_IP, 12222) == f"g101 {PUBLIC_IP}"
+    assert lab.flow(H, "udp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"
     # guest -> outside is SNATed; outbound to a forwarded port number is not hijacked
-    assert flow(lab, A, "tcp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
-    assert flow(lab, A, "udp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
-    assert flow(lab, B, "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+    assert lab.flow(A, "tcp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
+    assert lab.flow(A, "udp", PEER_IP, 10000) == f"inet {PUBLIC_IP}"
+    assert lab.flow(B, "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
     # guests reach each other directly
-    assert flow(lab, A, "tcp", "172.22.161.171", 11000) == "g102 172.22.161.170"
-    assert flow(lab, B, "tcp", "172.22.161.170", 22) == "g101 172.22.161.171"
+    assert lab.flow(A, "tcp", "172.22.161.171", 11000) == "g102 172.22.161.170"
+    assert lab.flow(B, "tcp", "172.22.161.170", 22) == "g101 172.22.161.171"
     # the allow-list passes a listed source and refuses another
-    assert flow(lab, I, "tcp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
-    assert flow(lab, I, "udp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
-    assert flow(lab, I, "tcp", PUBLIC_IP, 13389) == "refused"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
+    assert lab.flow(I, "udp", PUBLIC_IP, 13389, LISTED_IP) == f"g101 {LISTED_IP}"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 13389) == "refused"
     # a port nobody forwards goes nowhere
-    assert flow(lab, I, "tcp", PUBLIC_IP, 12223) == "refused"
+    assert lab.flow(I, "tcp", PUBLIC_IP, 12223) == "refused"
 
     assert lab.sh_host("conntrack", "-L", "--reply-src", "172.22.161.170")  # flows were tracked
     assert ok(lab.hook(101, "post-stop")) == "pvenat: 101: forwards removed"
@@ -123,13 +112,13 @@ def test_forwards_end_to_end(lab):
     # its tracked connections are gone too: no UDP flow keeps going to its address
     assert lab.sh_host("conntrack", "-L", "--reply-src", "172.22.161.170",
                        "--orig-dst", PUBLIC_IP) == ""
-    assert flow(lab, I, "tcp", PUBLIC_IP, 12222) == "refused"
-    assert flow(lab, B, "tcp", PUBLIC_IP, 10000) == "refused"
-    assert flow(lab, I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"  # B unaffected
+    assert lab.flow(I, "tcp", PUBLIC_IP, 12222) == "refused"
+    assert lab.flow(B, "tcp", PUBLIC_IP, 10000) == "refused"
+    assert lab.flow(I, "udp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"  # B unaffected
     assert ok(lab.hook(101, "post-stop")) == ""  # nothing left to remove
 
     assert ok(lab.hook(102, "post-stop")) == "pvenat: 102: forwards removed"
-    assert flow(lab, I, "udp", PUBLIC_IP, 11000) == "timeout"
+    assert lab.flow(I, "udp", PUBLIC_IP, 11000) == "timeout"
 
 
 def test_the_nat_boundary_holds_against_a_neighbour_that_routes_the_guest_subnet(lab):
@@ -143,32 +132,32 @@ def test_the_nat_boundary_holds_against_a_neighbour_that_routes_the_guest_subnet
         ok(lab.hook(vmid, "pre-start"))
         ok(lab.hook(vmid, "post-start"))
     try:
-        assert flow(lab, N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
-        assert flow(lab, N, "udp", PUBLIC_IP, 11000) == f"g102 {NEIGHBOUR_IP}"
-        assert flow(lab, N, "tcp", PUBLIC_IP, 13389) == "refused"  # not on the allow-list
-        assert flow(lab, N, "tcp", "172.22.161.170", 80) == "timeout"  # not forwarded
-        assert flow(lab, N, "tcp", "172.22.161.170", 3389) == "timeout"  # allow-list
-        assert flow(lab, N, "udp", "172.22.161.170", 3389) == "timeout"
-        assert flow(lab, N, "tcp", "172.22.161.170", 22) == "timeout"  # only as 12222
-        assert flow(lab, N, "udp", "172.22.161.171", 11000) == "timeout"
+        assert lab.flow(N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "udp", PUBLIC_IP, 11000) == f"g102 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "tcp", PUBLIC_IP, 13389) == "refused"  # not on the allow-list
+        assert lab.flow(N, "tcp", "172.22.161.170", 80) == "timeout"  # not forwarded
+        assert lab.flow(N, "tcp", "172.22.161.170", 3389) == "timeout"  # allow-list
+        assert lab.flow(N, "udp", "172.22.161.170", 3389) == "timeout"
+        assert lab.flow(N, "tcp", "172.22.161.170", 22) == "timeout"  # only as 12222
+        assert lab.flow(N, "udp", "172.22.161.171", 11000) == "timeout"
         # the guests still reach the neighbour (SNATed), and each other
-        assert flow(lab, A, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
-        assert flow(lab, B, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
-        assert flow(lab, A, "tcp", "172.22.161.171", 11000) == "g102 172.22.161.170"
-        assert flow(lab, B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+        assert lab.flow(A, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
+        assert lab.flow(B, "tcp", NEIGHBOUR_IP, 80) == f"nb {PUBLIC_IP}"
+        assert lab.flow(A, "tcp", "172.22.161.171", 11000) == "g102 172.22.161.170"
+        assert lab.flow(B, "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
 
         lab.write_config(f"allow_routed: [{NEIGHBOUR_IP}/32]\n")
         assert "base rules repaired" in ok(lab.pvenat("sync"))
-        assert flow(lab, N, "tcp", "172.22.161.170", 80) == f"g101 {NEIGHBOUR_IP}"
-        assert flow(lab, N, "tcp", "172.22.161.170", 3389) == f"g101 {NEIGHBOUR_IP}"
-        assert flow(lab, N, "udp", "172.22.161.171", 11000) == f"g102 {NEIGHBOUR_IP}"
-        assert flow(lab, N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "tcp", "172.22.161.170", 80) == f"g101 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "tcp", "172.22.161.170", 3389) == f"g101 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "udp", "172.22.161.171", 11000) == f"g102 {NEIGHBOUR_IP}"
+        assert lab.flow(N, "tcp", PUBLIC_IP, 12222) == f"g101 {NEIGHBOUR_IP}"
     finally:
         lab.write_config()
         lab.pvenat("sync")
         for vmid in (101, 102):
             ok(lab.hook(vmid, "post-stop"))
-    assert flow(lab, N, "tcp", "172.22.161.170", 80) == "timeout"
+    assert lab.flow(N, "tcp", "172.22.161.170", 80) == "timeout"
 
 
 @pytest.mark.parametrize("vmid,message", [

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lab import PEER_IP, PUBLIC_IP, lab_fixture
+from lab import PEER_IP, PUBLIC_IP, lab_fixture, ok
 
 HOOKSCRIPT = "local:snippets/pvenat.py"
 
@@ -28,16 +28,6 @@ def lab():
     yield from lab_fixture(GUESTS, firewall="iptables", config_source="files")
 
 
-def ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
-
-
-def flow(lab, ns, proto, host, port):
-    answers = [lab.probe(ns, proto, host, port) for _ in range(3)]
-    return answers[0] if len(set(answers)) == 1 else answers
-
-
 def start(lab, *vmids):
     for vmid in vmids:
         ok(lab.hook(vmid, "pre-start"))
@@ -57,20 +47,20 @@ def test_a_vm_level_drop_still_drops_forwarded_traffic(lab, order):
              if line.startswith("-A FORWARD")]
     assert jumps == (["-A FORWARD -j PVEFW-FORWARD", "-A FORWARD -j PVENAT-FORWARD"][::(
         1 if order == "pve-firewall's jump first" else -1)])
-    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     lab.iptables("-I", "tap101i0-IN", "1", "-p", "tcp", "--dport", "22", "-j", "DROP")
     try:
-        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == "timeout"
+        assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 12222) == "timeout"
         # the policy drops what no VM rule accepts: port 80 is served, but not let in
         lab.iptables("-t", "nat", "-A", "PVENAT-101", "-p", "tcp", "-m", "multiport",
                      "--dports", "12280", "-j", "DNAT", "--to-destination", "172.22.161.170:80")
         lab.iptables("-t", "nat", "-I", "PVENAT-TCP", "-p", "tcp", "-m", "multiport",
                      "--dports", "12280", "-j", "PVENAT-101")
-        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12280) == "timeout"
+        assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 12280) == "timeout"
     finally:
         lab.iptables("-D", "tap101i0-IN", "-p", "tcp", "--dport", "22", "-j", "DROP")
         ok(lab.pvenat("sync"))  # takes back the hand-made rules
-    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+    assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
     assert "12280" not in lab.iptables_save("-t", "nat")
 
 
@@ -78,7 +68,7 @@ def test_a_container_rebooted_from_inside_is_set_up_again_by_sync(lab):
     """PVE restarts a container rebooted from inside without the post-stop and pre-start
     phases, with a new veth and firewall bridge: their settings come back with sync."""
     start(lab, 102)
-    assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    assert lab.flow(lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
     lab.replug(102)
     assert lab.sh_host("cat", "/sys/class/net/vmbr1/brif/fwpr102p0/hairpin_mode") == "0"
     assert lab.sh_host("cat", "/proc/sys/net/ipv4/conf/fwbr102i0/arp_ignore") == "0"
@@ -86,9 +76,9 @@ def test_a_container_rebooted_from_inside_is_set_up_again_by_sync(lab):
     assert out.endswith("hairpin turned on for fwpr102p0")
     assert lab.sh_host("cat", "/proc/sys/net/ipv4/conf/fwbr102i0/arp_ignore") == "1"
     assert lab.sh_host("cat", "/sys/class/net/fwbr102i0/brif/fwln102i0/learning") == "0"
-    assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
-    assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
-    assert flow(lab, lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+    assert lab.flow(lab.ns(102), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+    assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 11000) == f"g102 {PEER_IP}"
+    assert lab.flow(lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
 
 
 HELPER_GUESTS = {
@@ -113,9 +103,9 @@ def test_the_zone_jump_stays_ahead_of_pve_firewalls_conntrack_helpers():
                     if line.startswith("-A PREROUTING ")]
 
         def flows():
-            return [flow(lab, lab.inet, "tcp", PUBLIC_IP, 12221),
-                    flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 12221),
-                    flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 12221)]
+            return [lab.flow(lab.inet, "tcp", PUBLIC_IP, 12221),
+                    lab.flow(lab.ns(102), "tcp", PUBLIC_IP, 12221),
+                    lab.flow(lab.ns(101), "tcp", PUBLIC_IP, 12221)]
 
         working = [f"g101 {PEER_IP}", "g101 172.22.161.254", "g101 172.22.161.254"]
         ours, theirs = "-A PREROUTING -i fwbr+ -j PVENAT-ZONE", \
@@ -161,9 +151,9 @@ def test_guests_with_a_vlan_tag_on_a_bridge_that_is_not_vlan_aware(br_netfilter)
         assert lab.sh_host("ls", "/sys/class/net/vmbr1v5/brif").split() == \
             ["eno2.5", "fwpr101p0", "veth102i0"]
         start(lab, 101, 102)
-        assert flow(lab, lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
-        assert flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
-        assert flow(lab, lab.ns(102), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
-        assert flow(lab, lab.ns(101), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
-        assert flow(lab, lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
-        assert flow(lab, lab.host, "tcp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"
+        assert lab.flow(lab.inet, "tcp", PUBLIC_IP, 12222) == f"g101 {PEER_IP}"
+        assert lab.flow(lab.ns(101), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+        assert lab.flow(lab.ns(102), "tcp", PUBLIC_IP, 12222) == "g101 172.22.161.254"
+        assert lab.flow(lab.ns(101), "tcp", PUBLIC_IP, 11000) == "g102 172.22.161.254"
+        assert lab.flow(lab.ns(102), "tcp", PEER_IP, 80) == f"inet {PUBLIC_IP}"
+        assert lab.flow(lab.host, "tcp", PUBLIC_IP, 11000) == f"g102 {PUBLIC_IP}"

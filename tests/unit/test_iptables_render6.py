@@ -9,7 +9,7 @@ import pytest
 from memkernel import MemKernel
 from pvehook.config import HostConfig, Ipv6Settings
 from pvehook.errors import PvenatError
-from pvehook.iptables import render6
+from pvehook.iptables import index, render6
 from pvehook.iptables.backend import Ip6
 from pvehook.ipv6 import Net, derived
 from pvehook.plan import GuestPlan
@@ -71,9 +71,9 @@ def test_a_forward_opens_its_guest_side_port_from_ipv6_sources_only():
     assert closed == ("-p udp -m multiport --dports 20000:20009 -j RETURN", "-j DROP")
 
 
-def test_start_stop_reconcile_uninstall_on_the_memory_kernel():
+def test_start_stop_reconcile_uninstall_on_the_memory_kernel(tmp_path):
     kernel = MemKernel().six
-    six = Ip6(HOST, kernel)
+    six = Ip6(HOST, kernel, str(tmp_path))
     six.change(101, plan(101), NET)
     six.change(102, plan(102), NET)
     assert set(render6.read_guests(kernel.read())) == {101, 102}
@@ -83,7 +83,35 @@ def test_start_stop_reconcile_uninstall_on_the_memory_kernel():
     assert set(render6.read_guests(kernel.read())) == {101, 102}
     six.change(101, None, None)  # a stop: no prefix needed
     assert set(render6.read_guests(kernel.read())) == {102}
-    assert six.change(102, plan(102), NET) == ""  # nothing to change
+    same = kernel.read()
+    six.change(102, plan(102), NET)  # from the index: its chain rewritten as it was
+    assert kernel.read()["mangle"].chains == same["mangle"].chains
     assert six.base_missing(NET) == []
     six.whole(None, False)
     assert all(not t.chains and not t.jumps for t in kernel.read().values())
+
+
+def test_a_hook_builds_on_the_index_and_falls_back_to_the_kernel(tmp_path):
+    """From the index, a start writes its guest's chain and the tree's changed chains
+    only; an index the kernel contradicts makes the change fail there, and the hook
+    reads the kernel instead: the result is the same."""
+    kernel = MemKernel().six
+    six = Ip6(HOST, kernel, str(tmp_path))
+    for vmid in range(100, 140):
+        six.change(vmid, plan(vmid), NET)
+    wanted = kernel.read()
+    assert index.load6(str(tmp_path)).guests[139] == derived(NET, 139)
+    script = six.change(140, plan(140), NET)
+    assert "PVENAT-139" not in script and ":PVENAT-140 - [0:0]" in script
+    six.change(140, None, None)
+    assert kernel.read()["mangle"].chains == wanted["mangle"].chains
+    # a stop killed after its change, before the index forgot the guest
+    stale = index.load6(str(tmp_path))
+    six.change(120, None, None)
+    index.save6(str(tmp_path), stale)
+    assert six.change(120, None, None) == ""  # refused from the index, nothing to do
+    assert set(render6.read_guests(kernel.read())) == set(range(100, 140)) - {120}
+    assert index.load6(str(tmp_path)) is None  # the next hook reads the kernel, and
+    six.change(141, plan(141), NET)  # writes the index anew
+    assert set(index.load6(str(tmp_path)).guests) == set(range(100, 140)) - {120} | {141}
+    assert walk(kernel.read(), derived(NET, 121))[0] == "PVENAT-121"
