@@ -102,14 +102,12 @@ def address6(guest, plan, net6, bridge: str) -> str | None:
     manage."""
     if net6 is None:
         return None
-    if plan is not None:
-        return plan.address6
-    if guest.config.get("hookscript") != HOOKSCRIPT or not any(
-            n.bridge == bridge for n in nics(guest.kind, guest.config)):
+    if plan is None and (guest.config.get("hookscript") != HOOKSCRIPT or not any(
+            n.bridge == bridge for n in nics(guest.kind, guest.config))):
         return None
-    from .ipv6 import address
+    from .ipv6 import of_guest
 
-    return address(guest.vmid, guest.kind, guest.config, None, net6, bridge)
+    return of_guest(guest, plan, net6, bridge)
 
 
 def pre_start(ctx, vmid):

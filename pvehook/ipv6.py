@@ -9,7 +9,7 @@ import ipaddress
 from typing import NamedTuple
 
 from .errors import PvenatError
-from .spec import nic_address6
+from .spec import nic_address6, parse
 
 
 class Net(NamedTuple):
@@ -84,3 +84,16 @@ def address(vmid: int, kind: str, config: dict, spec_ip6: str | None, net: Net,
                           f"{net.lan_address}); use one there, such as "
                           f"{derived(net, vmid)}, or remove it for that one")
     return str(ip)
+
+
+def of_guest(guest, plan, net: Net, bridge: str) -> str:
+    """A guest's address: its plan's (plan_for with ``net``), else (no plan: no pvenat
+    block, or one that does not plan) as address() finds it, its block's ip6: included
+    when the block parses."""
+    if plan is not None and plan.address6:
+        return plan.address6
+    try:
+        notes = parse(guest.vmid, guest.config.get("description", ""), "")
+    except PvenatError:
+        notes = None
+    return address(guest.vmid, guest.kind, guest.config, notes and notes.ip6, net, bridge)

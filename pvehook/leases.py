@@ -46,23 +46,14 @@ def leases_for(guest, plan, host, net6=None) -> list[Lease]:
 
 
 def address6(guest, plan, host, net6) -> str:
-    """The guest's IPv6 address for its lease: its plan's (plan_for with net6), else as
-    ipv6.address finds it (its block's ip6:, its NIC's static ip6, else the derived one);
-    "" with ipv6 off, or when that address is refused (the start says why; its IPv4 lease
-    stays)."""
+    """The guest's IPv6 address for its lease (ipv6.of_guest): "" with ipv6 off, or when
+    that address is refused (the start says why; its IPv4 lease stays)."""
     if net6 is None:
         return ""
-    if plan is not None and plan.address6:
-        return plan.address6
-    from .ipv6 import address  # with ipv6 on alone
+    from .ipv6 import of_guest  # with ipv6 on alone
 
     try:
-        notes = spec.parse(guest.vmid, guest.config.get("description", ""), "")
-    except PvenatError:
-        notes = None
-    try:
-        return address(guest.vmid, guest.kind, guest.config, notes and notes.ip6, net6,
-                       host.lan_bridge)
+        return of_guest(guest, plan, net6, host.lan_bridge)
     except PvenatError:
         return ""
 

@@ -5,8 +5,7 @@ the DHCP server have them; with ipv6 on, each guest's IPv6 address and what is o
 from . import dhcp, hostnet, leases
 from .context import HOOKSCRIPT
 from .errors import PvenatError
-from .plan import plan_for
-from .ports import format_range
+from .plan import open6, plan_for
 
 COLUMNS = ("VMID", "NAME", "TYPE", "STATUS", "ADDRESS", "MAC", "LEASE", "FORWARD", "PROTO",
            "ALLOW", "LIVE", "PACKETS")
@@ -68,24 +67,13 @@ def collect(ctx) -> list[dict]:
                 state = "yes" if has.live else ("missing" if status == "running" else "-")
                 entry["forwards"].append({
                     "forward": f.ports(), "proto": f.proto, "allow": f.sources(), "live": state,
-                    "packets": has.packets, **({"open6": open6(f)} if net6 else {})})
+                    "packets": has.packets, **({"open6": open6(f) or "closed"} if net6 else {})})
         for text, packets in kernel.stale:
             entry["forwards"].append({"forward": text, "proto": "", "allow": [],
                                       "live": "stale", "packets": packets,
                                       **({"open6": ""} if net6 else {})})
         out.append(entry)
     return out
-
-
-def open6(forward) -> str:
-    """What a forward opens on the guest's IPv6 address: its guest-side ports (there is no
-    NAT on IPv6, so 12222:22 opens port 22) and the allow-list's IPv6 sources, or
-    "closed" when the allow-list names IPv4 sources only."""
-    sources = forward.allow_family(6)
-    if sources is None:
-        return "closed"
-    return format_range(*forward.guest) + (
-        f" from {','.join(a.removesuffix('/128') for a in sources)}" if sources else "")
 
 
 def table(entries) -> str:

@@ -191,18 +191,22 @@ def summary(plan: GuestPlan, public_ip: str, who: str = "") -> str:
 
 
 def opened6(plan: GuestPlan) -> str:
-    """What the guest's forwards open on its IPv6 address, where there is no NAT: the
-    guest-side ports, from the allow-lists' IPv6 sources; protocols merged as summary()
-    merges them."""
-    merged: dict[tuple, list[str]] = {}
+    """What the guest's forwards open on its IPv6 address (open6()), protocols merged as
+    summary() merges them."""
+    merged: dict[str, list[str]] = {}
     for f in plan.forwards:
-        sources = f.allow_family(6)
-        if sources is not None:
-            merged.setdefault((f.guest, sources), []).append(f.proto)
-    parts = []
-    for (guest, sources), protos in merged.items():
-        text = f"{'+'.join(protos)} {format_range(*guest)}"
-        if sources:
-            text += " from " + ",".join(s.removesuffix("/128") for s in sources)
-        parts.append(text)
-    return ", ".join(parts)
+        text = open6(f)
+        if text is not None:
+            merged.setdefault(text, []).append(f.proto)
+    return ", ".join(f"{'+'.join(protos)} {text}" for text, protos in merged.items())
+
+
+def open6(forward: Forward) -> str | None:
+    """What one forward opens on the guest's IPv6 address, where there is no NAT: its
+    guest-side ports (12222:22 opens 22), from the allow-list's IPv6 sources; None when
+    the allow-list names IPv4 sources only."""
+    sources = forward.allow_family(6)
+    if sources is None:
+        return None
+    return format_range(*forward.guest) + (
+        " from " + ",".join(s.removesuffix("/128") for s in sources) if sources else "")

@@ -5,11 +5,12 @@ IPv4: a hook's change is built on the index (index.py) when there is one for its
 address, and from the kernel when there is none or the kernel refuses a change built on
 it; sync and install read the kernel and drop the index while they change it.
 
-IPv6 (Ip6, render6.py): every change reads ip6tables' mangle and filter back, renders
-what pvenat wants there and writes the difference. A guest's IPv6 rules are written
-before its IPv4 ones and taken out again when IPv4 refuses, so a refused start leaves
-nothing behind. With ipv6 off, hooks leave IPv6 alone; sync, install and uninstall take
-out what an earlier ipv6 setting left (when the host has ip6tables at all).
+IPv6 (Ip6, render6.py): the same, with an index of its own (index.Index6: the prefix and
+which guest has which address), over ip6tables' raw, mangle and filter. A guest's IPv6
+rules are written before its IPv4 ones and taken out again when IPv4 refuses, so a
+refused start leaves nothing behind. With ipv6 off, hooks leave IPv6 alone; sync,
+install and uninstall take out what an earlier ipv6 setting left (when the host has
+ip6tables at all).
 """
 
 import os
@@ -338,17 +339,7 @@ class Ip6:
     def base_missing(self, net6) -> list[str]:
         current = self.kernel.read()
         wanted = render6.desired(self.host, net6, render6.read_guests(current))
-        out = []
-        for t in render6.TABLES:
-            have, want = current[t], wanted[t]
-            out += [f"ip6 {t} {c}" for c, rules in want.chains.items()
-                    if not render.is_guest_chain(c) and have.chains.get(c) != rules]
-            out += [f"ip6 {t} {chain} jump {spec.rsplit(' ', 1)[-1]}"
-                    for chain, spec in want.jumps if (chain, spec) not in have.jumps]
-            out += [f"ip6 {t} {chain} jump {spec.rsplit(' ', 1)[-1]} (not first)"
-                    for chain, spec in want.first
-                    if (chain, spec) in have.jumps and (chain, spec) not in have.first]
-        return out
+        return render.missing(current, wanted, render.is_guest_chain, "ip6 ")
 
     def _wanted(self, current, net6, guests, keep_base=False):
         """What ``guests`` need: with ``net6``, the base as it says; without, the base
@@ -356,10 +347,7 @@ class Ip6:
         if net6 is None:
             return render6.with_guests(current, guests) if keep_base else {
                 t: render.Table() for t in render6.TABLES}
-        wanted = render6.desired(self.host, net6, guests)
-        for t in render6.TABLES:
-            wanted[t].jumps = render.merge_jumps(current[t].jumps, wanted[t].jumps)
-        return wanted
+        return render.keep_jumps(render6.desired(self.host, net6, guests), current)
 
     def _update(self, change, dry_run, net6) -> str:
         """Read the kernel, write what ``change`` wants, and the index anew (none when

@@ -323,15 +323,20 @@ def base_missing(current: Tables, host, public: Public) -> list[str]:
     """What of the host-wide rules is not there as it should be (PVENAT-DNAT aside: it
     follows the guests): chains, jumps, and jumps that are not first in their chain,
     each named as ``table chain``."""
-    wanted = base(host, public)
+    return missing(current, base(host, public), skip=lambda chain: chain == DNAT)
+
+
+def missing(current: Tables, wanted: Tables, skip, label: str = "") -> list[str]:
+    """What of ``wanted`` (chains but those ``skip`` names, jumps, jumps that must be
+    first) ``current`` lacks or has otherwise, each as ``label table chain``."""
     out = []
-    for t in TABLES:
-        have, want = current[t], wanted[t]
-        out += [f"{t} {c}" for c, rules in want.chains.items()
-                if c != DNAT and have.chains.get(c) != rules]
-        out += [f"{t} {chain} jump {spec.rsplit(' ', 1)[-1]}" for chain, spec in want.jumps
-                if (chain, spec) not in have.jumps]
-        out += [f"{t} {chain} jump {spec.rsplit(' ', 1)[-1]} (not first)"
+    for t, want in wanted.items():
+        have = current[t]
+        out += [f"{label}{t} {c}" for c, rules in want.chains.items()
+                if not skip(c) and have.chains.get(c) != rules]
+        out += [f"{label}{t} {chain} jump {spec.rsplit(' ', 1)[-1]}"
+                for chain, spec in want.jumps if (chain, spec) not in have.jumps]
+        out += [f"{label}{t} {chain} jump {spec.rsplit(' ', 1)[-1]} (not first)"
                 for chain, spec in want.first
                 if (chain, spec) in have.jumps and (chain, spec) not in have.first]
     return out
@@ -340,7 +345,7 @@ def base_missing(current: Tables, host, public: Public) -> list[str]:
 def keep_jumps(wanted: Tables, current: Tables) -> Tables:
     """``wanted`` with the jumps already in the kernel left where they are (those that
     must be first are put back there)."""
-    for table in TABLES:
+    for table in wanted:
         wanted[table].jumps = merge_jumps(current[table].jumps, wanted[table].jumps)
     return wanted
 
