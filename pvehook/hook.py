@@ -121,7 +121,7 @@ def pre_start(ctx, vmid):
     if plan is None and not mine and ip6 is None:
         return ""
     forwards = plan is not None and bool(plan.forwards)
-    public = hostnet.public(ctx.host) if forwards else None
+    public = hostnet.public(ctx.host, net6) if forwards else None
     with files.locked(ctx.places.lock_path):
         held = dhcp.read(ctx.places) if mine else []
         leases.Holders(held).check(mine)
@@ -189,7 +189,7 @@ def post_stop(ctx, vmid):
                 routes.stop(vmid)
         if script and had.address:
             try:
-                rules.forget(hostnet.public(ctx.host), had.address)
+                rules.forget(hostnet.public(ctx.host, None), had.address)  # IPv4's
             except PvenatError:
                 pass  # the rules are gone; its tracked flows expire on their own
     except (PvenatError, OSError) as e:

@@ -10,10 +10,15 @@ from .errors import PvenatError
 from .rules import Public
 
 
-def public(host) -> Public:
+_RESOLVE = object()
+
+
+def public(host, net6=_RESOLVE) -> Public:
     """The configured public IP (SNAT to it), or for 'auto' the first IPv4 on wan_bridge
-    (MASQUERADE, which follows the address); and the guests' IPv6 network."""
-    net6 = ipv6_net(host)
+    (MASQUERADE, which follows the address); and the guests' IPv6 network: ``net6`` when
+    the caller has resolved it (ipv6_net()) or needs none, else resolved here."""
+    if net6 is _RESOLVE:
+        net6 = ipv6_net(host)
     if host.public_ip != "auto":
         return Public(host.public_ip, True, net6)
     try:

@@ -125,7 +125,7 @@ def apply(ctx, planned: Planned, result: SyncResult, dry_run: bool):
     """Under pvenat's lock: decide which guests are in, and have the rules backend write
     the difference (rules.Backend.reconcile)."""
     host, places = ctx.host, ctx.places
-    public = hostnet.public(host)
+    public = hostnet.public(host, planned.net6)
     last = None if dry_run else LastSync.load(places.state_dir)
 
     def decide(live: set) -> Wanted:
